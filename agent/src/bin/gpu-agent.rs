@@ -1,0 +1,123 @@
+//! `gpu-agent`: the daemon binary. Parses arguments and calls the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use gpu_agent::config;
+
+/// Exit codes of `gpu-agent`.
+#[repr(u8)]
+enum Exit {
+    Ok = 0,
+    /// The agent failed while running.
+    Failure = 1,
+    /// The configuration was refused (EX_CONFIG from sysexits.h; systemd does not retry it).
+    Config = 78,
+}
+
+/// Keeps this host's GPU worker container on the right image, safely:
+/// pre-pull, drain, swap, verify, and roll back to the last good digest.
+#[derive(Parser)]
+#[command(name = "gpu-agent", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent (what the systemd unit starts).
+    Run {
+        /// Main config file; drop-ins are read from the agent.d/ folder beside it.
+        #[arg(long, short, default_value = config::DEFAULT_PATH, env = "GPU_AGENT_CONFIG")]
+        config: PathBuf,
+        /// More log detail (-v: debug, -vv: trace). RUST_LOG overrides.
+        #[arg(short, long, action = clap::ArgAction::Count)]
+        verbose: u8,
+    },
+    /// Validate the config (main file and drop-ins) without touching Docker.
+    CheckConfig {
+        #[arg(long, short, default_value = config::DEFAULT_PATH, env = "GPU_AGENT_CONFIG")]
+        config: PathBuf,
+    },
+    /// Print the version.
+    Version,
+}
+
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let level = match verbose {
+        0 => "info",
+        1 => "gpu_agent=debug,info",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // journald stamps every line itself.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().with_ansi(false).init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Version => {
+            println!("gpu-agent {}", env!("CARGO_PKG_VERSION"));
+            Exit::Ok
+        }
+        Command::CheckConfig { config } => match config::load(&config) {
+            Ok(s) => {
+                let files = config::config_files(&config).unwrap_or_default();
+                println!("config ok: {} file(s)", files.len());
+                for f in files {
+                    println!("  {}", f.display());
+                }
+                println!(
+                    "agent {} follows {} ({}) as worker {:?}",
+                    s.agent.id, s.image.name, s.image.policy, s.worker.name
+                );
+                Exit::Ok
+            }
+            Err(e) => {
+                eprintln!("gpu-agent: {e}");
+                Exit::Config
+            }
+        },
+        Command::Run { config, verbose } => {
+            init_logging(verbose);
+            let settings = match config::load(&config) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("gpu-agent: {e}");
+                    return ExitCode::from(Exit::Config as u8);
+                }
+            };
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("gpu-agent: starting the runtime: {e}");
+                    return ExitCode::from(Exit::Failure as u8);
+                }
+            };
+            match rt.block_on(gpu_agent::daemon::run(settings)) {
+                Ok(()) => Exit::Ok,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    Exit::Failure
+                }
+            }
+        }
+    };
+    ExitCode::from(code as u8)
+}

@@ -1,0 +1,488 @@
+//! Validated, typed settings: what the rest of the agent reads.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use url::Url;
+
+use super::fragments::{Fragment, GpusFragment};
+use super::{ConfigError, Origin};
+use crate::registry::{ImageName, Policy};
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub agent: AgentSettings,
+    pub docker: DockerSettings,
+    pub image: ImageSettings,
+    pub worker: WorkerSettings,
+    pub gpu: GpuSettings,
+    pub hub: Option<HubSettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    pub id: String,
+    pub state_dir: PathBuf,
+    pub control_socket: PathBuf,
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DockerSettings {
+    /// `unix:///path`, `tcp://host:port` or `http://host:port`.
+    pub host: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ImageSettings {
+    pub name: ImageName,
+    pub policy: Policy,
+    pub poll_interval: Duration,
+    pub poll_jitter: Duration,
+    pub auth_file: Option<PathBuf>,
+    pub insecure: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gpus {
+    None,
+    All,
+    Count(u32),
+    Uuids(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortMapping {
+    pub host_ip: Option<String>,
+    pub host_port: Option<u16>,
+    pub container_port: u16,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDrainTimeout {
+    /// Keep the old worker and retry later.
+    Abort,
+    /// Go on with the swap.
+    Proceed,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub name: String,
+    pub command: Option<Vec<String>>,
+    pub env: BTreeMap<String, String>,
+    /// `src:dst[:opts]`, as `docker run -v`.
+    pub volumes: Vec<String>,
+    pub ports: Vec<PortMapping>,
+    pub network: String,
+    pub shm_size: Option<u64>,
+    /// `no`, `always`, `unless-stopped`, `on-failure` (with optional max retries).
+    pub restart: String,
+    pub restart_max_retries: Option<u32>,
+    pub gpus: Gpus,
+    pub stop_timeout: Duration,
+    pub health: HealthSettings,
+    pub drain: DrainSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthSettings {
+    pub http: Option<Url>,
+    pub timeout: Duration,
+    pub stable_for: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct DrainSettings {
+    pub http: Option<Url>,
+    pub timeout: Duration,
+    pub on_timeout: OnDrainTimeout,
+}
+
+#[derive(Debug, Clone)]
+pub struct GpuSettings {
+    pub check: bool,
+    pub expected_count: Option<u32>,
+    pub max_temperature_c: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct HubSettings {
+    pub url: Url,
+    pub token_file: Option<PathBuf>,
+    pub desired_from_hub: bool,
+    pub verify_registration: bool,
+    pub registration_timeout: Duration,
+}
+
+/// Environment variables the agent sets in the worker itself.
+pub const RESERVED_ENV: [&str; 2] = ["GPU_AGENT_ID", "GPU_AGENT_DIGEST"];
+
+pub(super) fn validate(f: Fragment, o: &Origin) -> Result<Settings, ConfigError> {
+    let agent = f.agent.unwrap_or_default();
+    let id = match agent.id {
+        Some(id) => id,
+        None => host_name().ok_or_else(|| o.missing("agent.id"))?,
+    };
+    if id.is_empty()
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(o.invalid(
+            "agent.id",
+            format!("{id:?} may hold only letters, digits, '-', '_' and '.'"),
+        ));
+    }
+    let metrics_listen = agent
+        .metrics_listen
+        .map(|s| {
+            s.parse::<SocketAddr>().map_err(|e| {
+                o.invalid(
+                    "agent.metrics_listen",
+                    format!("{s:?} is not an address:port ({e}); write e.g. \"127.0.0.1:9464\""),
+                )
+            })
+        })
+        .transpose()?;
+    let agent = AgentSettings {
+        id,
+        state_dir: PathBuf::from(
+            agent
+                .state_dir
+                .unwrap_or_else(|| "/var/lib/gpu-agent".into()),
+        ),
+        control_socket: PathBuf::from(
+            agent
+                .control_socket
+                .unwrap_or_else(|| "/run/gpu-agent/agent.sock".into()),
+        ),
+        metrics_listen,
+    };
+    absolute(&agent.state_dir, "agent.state_dir", o)?;
+    absolute(&agent.control_socket, "agent.control_socket", o)?;
+
+    let docker_host = f
+        .docker
+        .and_then(|d| d.host)
+        .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| "unix:///var/run/docker.sock".into());
+    if !["unix://", "tcp://", "http://"]
+        .iter()
+        .any(|p| docker_host.starts_with(p))
+    {
+        return Err(o.invalid(
+            "docker.host",
+            format!("{docker_host:?}: use unix:///path/to/docker.sock or tcp://host:port"),
+        ));
+    }
+
+    let image = f.image.ok_or_else(|| o.missing("image.repository"))?;
+    let repo = image
+        .repository
+        .ok_or_else(|| o.missing("image.repository"))?;
+    let name = ImageName::parse(&repo).map_err(|e| o.invalid("image.repository", e.to_string()))?;
+    let policy = match (image.tag, image.version) {
+        (Some(_), Some(_)) => {
+            return Err(o.invalid(
+                "image.version",
+                "`image.tag` and `image.version` exclude each other: keep one",
+            ))
+        }
+        (Some(tag), None) => {
+            if !valid_tag(&tag) {
+                return Err(o.invalid(
+                    "image.tag",
+                    format!(
+                        "{tag:?} is not a valid tag (letters, digits, '_', '.', '-'; at most 128)"
+                    ),
+                ));
+            }
+            Policy::Tag(tag)
+        }
+        (None, Some(v)) => Policy::Version(semver::VersionReq::parse(&v).map_err(|e| {
+            o.invalid(
+                "image.version",
+                format!("{v:?} is not a semver range ({e}); write e.g. \"^2.3\""),
+            )
+        })?),
+        (None, None) => Policy::Tag("latest".into()),
+    };
+    let poll_interval = image
+        .poll_interval
+        .map_or(Duration::from_secs(300), |d| d.0);
+    if poll_interval < Duration::from_secs(1) {
+        return Err(o.invalid("image.poll_interval", "must be at least 1s"));
+    }
+    let image = ImageSettings {
+        name,
+        policy,
+        poll_interval,
+        poll_jitter: image.poll_jitter.map_or(Duration::from_secs(30), |d| d.0),
+        auth_file: image.auth_file.map(PathBuf::from),
+        insecure: image.insecure.unwrap_or(false),
+    };
+
+    let w = f.worker.unwrap_or_default();
+    let name = w.name.unwrap_or_else(|| "gpu-worker".into());
+    if !valid_container_name(&name) {
+        return Err(o.invalid(
+            "worker.name",
+            format!("{name:?} is not a valid container name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)"),
+        ));
+    }
+    if let Some(cmd) = &w.command {
+        if cmd.is_empty() {
+            return Err(o.invalid(
+                "worker.command",
+                "is empty: leave it out to use the image's command",
+            ));
+        }
+    }
+    let env = w.env.unwrap_or_default();
+    for k in env.keys() {
+        if RESERVED_ENV.contains(&k.as_str()) {
+            return Err(o.invalid(
+                &format!("worker.env.{k}"),
+                "is set by the agent itself: remove it",
+            ));
+        }
+        if k.is_empty() || k.contains('=') {
+            return Err(o.invalid("worker.env", format!("{k:?} is not a variable name")));
+        }
+    }
+    let volumes = w.volumes.unwrap_or_default();
+    for v in &volumes {
+        let parts: Vec<&str> = v.split(':').collect();
+        if parts.len() < 2 || parts.len() > 3 || parts[0].is_empty() || !parts[1].starts_with('/') {
+            return Err(o.invalid(
+                "worker.volumes",
+                format!("{v:?}: write \"/host/path:/container/path[:ro]\" or \"volume:/container/path\""),
+            ));
+        }
+    }
+    let ports = w
+        .ports
+        .unwrap_or_default()
+        .iter()
+        .map(|p| parse_port(p).map_err(|m| o.invalid("worker.ports", m)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let network = w.network.unwrap_or_else(|| "bridge".into());
+    if network.is_empty() {
+        return Err(o.invalid("worker.network", "is empty"));
+    }
+    let restart_raw = w.restart.unwrap_or_else(|| "unless-stopped".into());
+    let (restart, restart_max_retries) = parse_restart(&restart_raw).ok_or_else(|| {
+        o.invalid(
+            "worker.restart",
+            format!(
+                "{restart_raw:?}: use \"no\", \"always\", \"unless-stopped\" or \"on-failure[:N]\""
+            ),
+        )
+    })?;
+    let gpus = match w.gpus {
+        None => Gpus::All,
+        Some(GpusFragment::Word(s)) if s == "all" => Gpus::All,
+        Some(GpusFragment::Word(s)) if s == "none" => Gpus::None,
+        Some(GpusFragment::Word(s)) => {
+            return Err(o.invalid(
+                "worker.gpus",
+                format!("{s:?}: use \"all\", \"none\", a count, or a list of GPU UUIDs"),
+            ))
+        }
+        Some(GpusFragment::Count(n)) if n >= 1 && n <= i64::from(u16::MAX) => Gpus::Count(n as u32),
+        Some(GpusFragment::Count(n)) => {
+            return Err(o.invalid(
+                "worker.gpus",
+                format!("{n} GPUs: a count must be 1 or more (use \"none\" for none)"),
+            ))
+        }
+        Some(GpusFragment::List(l)) => {
+            if l.is_empty() || l.iter().any(|u| u.trim().is_empty() || u.contains(',')) {
+                return Err(o.invalid(
+                    "worker.gpus",
+                    "a list must hold one or more GPU UUIDs (or indexes), one per item",
+                ));
+            }
+            Gpus::Uuids(l)
+        }
+    };
+    let stop_timeout = w.stop_timeout.map_or(Duration::from_secs(30), |d| d.0);
+    let h = w.health.unwrap_or_default();
+    let health = HealthSettings {
+        http: h
+            .http
+            .map(|u| http_url(&u, "worker.health.http", o))
+            .transpose()?,
+        timeout: h.timeout.map_or(Duration::from_secs(120), |d| d.0),
+        stable_for: h.stable_for.map_or(Duration::from_secs(10), |d| d.0),
+    };
+    if health.timeout.is_zero() {
+        return Err(o.invalid("worker.health.timeout", "must be above zero"));
+    }
+    let d = w.drain.unwrap_or_default();
+    let drain = DrainSettings {
+        http: d
+            .http
+            .map(|u| http_url(&u, "worker.drain.http", o))
+            .transpose()?,
+        timeout: d.timeout.map_or(Duration::from_secs(30 * 60), |d| d.0),
+        on_timeout: match d.on_timeout.as_deref() {
+            None | Some("abort") => OnDrainTimeout::Abort,
+            Some("proceed") => OnDrainTimeout::Proceed,
+            Some(other) => {
+                return Err(o.invalid(
+                    "worker.drain.on_timeout",
+                    format!("{other:?}: use \"abort\" or \"proceed\""),
+                ))
+            }
+        },
+    };
+    let worker = WorkerSettings {
+        name,
+        command: w.command,
+        env,
+        volumes,
+        ports,
+        network,
+        shm_size: w.shm_size.map(|s| s.0),
+        restart,
+        restart_max_retries,
+        gpus,
+        stop_timeout,
+        health,
+        drain,
+    };
+
+    let g = f.gpu.unwrap_or_default();
+    let gpu = GpuSettings {
+        check: g.check.unwrap_or(worker.gpus != Gpus::None),
+        expected_count: g.expected_count,
+        max_temperature_c: g.max_temperature_c.unwrap_or(90),
+    };
+
+    let hub = match f.hub {
+        None => None,
+        Some(h) => {
+            let url = h.url.ok_or_else(|| o.missing("hub.url"))?;
+            Some(HubSettings {
+                url: http_url(&url, "hub.url", o)?,
+                token_file: h.token_file.map(PathBuf::from),
+                desired_from_hub: h.desired_from_hub.unwrap_or(false),
+                verify_registration: h.verify_registration.unwrap_or(false),
+                registration_timeout: h
+                    .registration_timeout
+                    .map_or(Duration::from_secs(60), |d| d.0),
+            })
+        }
+    };
+
+    Ok(Settings {
+        agent,
+        docker: DockerSettings { host: docker_host },
+        image,
+        worker,
+        gpu,
+        hub,
+    })
+}
+
+fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+fn absolute(p: &std::path::Path, key: &str, o: &Origin) -> Result<(), ConfigError> {
+    if p.is_absolute() {
+        Ok(())
+    } else {
+        Err(o.invalid(key, format!("{} must be an absolute path", p.display())))
+    }
+}
+
+fn http_url(s: &str, key: &str, o: &Origin) -> Result<Url, ConfigError> {
+    let u = Url::parse(s).map_err(|e| o.invalid(key, format!("{s:?} is not a URL ({e})")))?;
+    if !matches!(u.scheme(), "http" | "https") || u.host().is_none() {
+        return Err(o.invalid(key, format!("{s:?}: use an http:// or https:// URL")));
+    }
+    Ok(u)
+}
+
+fn valid_tag(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 128
+        && t.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+fn valid_container_name(n: &str) -> bool {
+    n.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+fn parse_restart(s: &str) -> Option<(String, Option<u32>)> {
+    match s {
+        "no" | "always" | "unless-stopped" | "on-failure" => Some((s.to_string(), None)),
+        _ => {
+            let n = s.strip_prefix("on-failure:")?.parse().ok()?;
+            Some(("on-failure".into(), Some(n)))
+        }
+    }
+}
+
+/// `[ip:]host_port:container_port[/proto]` or `container_port[/proto]`.
+pub fn parse_port(s: &str) -> Result<PortMapping, String> {
+    let bad = || {
+        format!(
+            "{s:?}: write \"[ip:]host_port:container_port[/tcp|/udp]\", e.g. \"127.0.0.1:8080:8080\""
+        )
+    };
+    let (rest, protocol) = match s.rsplit_once('/') {
+        Some((r, p)) if p == "tcp" || p == "udp" => (r, p.to_string()),
+        Some(_) => return Err(bad()),
+        None => (s, "tcp".to_string()),
+    };
+    let port = |p: &str| p.parse::<u16>().ok().filter(|&n| n > 0);
+    // An IPv6 host address is written in brackets: "[::1]:8080:80".
+    let (host_ip, rest) = if let Some(r) = rest.strip_prefix('[') {
+        let (ip, r) = r.split_once("]:").ok_or_else(bad)?;
+        (Some(ip.to_string()), r)
+    } else {
+        (None, rest)
+    };
+    let parts: Vec<&str> = rest.split(':').collect();
+    let (host_ip, host_port, container) = match (host_ip, parts.as_slice()) {
+        (None, [c]) => (None, None, *c),
+        (None, [h, c]) => (None, Some(port(h).ok_or_else(bad)?), *c),
+        (None, [ip, h, c]) => (
+            Some(ip.to_string()),
+            if h.is_empty() {
+                None
+            } else {
+                Some(port(h).ok_or_else(bad)?)
+            },
+            *c,
+        ),
+        (Some(ip), [h, c]) => (Some(ip), Some(port(h).ok_or_else(bad)?), *c),
+        _ => return Err(bad()),
+    };
+    if let Some(ip) = &host_ip {
+        ip.parse::<std::net::IpAddr>().map_err(|_| bad())?;
+    }
+    Ok(PortMapping {
+        host_ip,
+        host_port,
+        container_port: port(container).ok_or_else(bad)?,
+        protocol,
+    })
+}

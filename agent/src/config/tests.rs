@@ -1,0 +1,303 @@
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::*;
+
+fn load(files: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+    let sources: Vec<(PathBuf, String)> = files
+        .iter()
+        .map(|(p, t)| (PathBuf::from(p), t.to_string()))
+        .collect();
+    load_from_strs(&sources)
+}
+
+fn err(files: &[(&str, &str)]) -> String {
+    load(files)
+        .expect_err("config should be refused")
+        .to_string()
+}
+
+const MINIMAL: &str = r#"
+[agent]
+id = "host-1"
+[image]
+repository = "127.0.0.1:5055/acme/worker"
+tag = "stable"
+"#;
+
+/// The example from the SPEC, verbatim apart from the commented-out line.
+const SPEC_EXAMPLE: &str = r#"
+[agent]
+id = "gpu-host-17"
+state_dir = "/var/lib/gpu-agent"
+control_socket = "/run/gpu-agent/agent.sock"
+metrics_listen = "127.0.0.1:9464"
+
+[docker]
+host = "unix:///var/run/docker.sock"
+
+[image]
+repository = "ghcr.io/acme/worker"
+tag = "stable"
+poll_interval = "5m"
+poll_jitter = "30s"
+auth_file = "/etc/gpu-agent/registry-auth.json"
+insecure = false
+
+[worker]
+name = "gpu-worker"
+command = ["python", "-m", "worker"]
+env = { HUB_URL = "https://hub.example.com" }
+volumes = ["/data/models:/models:ro"]
+ports = ["127.0.0.1:8080:8080"]
+network = "bridge"
+shm_size = "16g"
+restart = "unless-stopped"
+gpus = "all"
+stop_timeout = "30s"
+
+[worker.health]
+http = "http://127.0.0.1:8080/health"
+timeout = "120s"
+stable_for = "10s"
+
+[worker.drain]
+http = "http://127.0.0.1:8080/drain"
+timeout = "30m"
+on_timeout = "abort"
+
+[gpu]
+check = true
+expected_count = 8
+max_temperature_c = 90
+
+[hub]
+url = "https://hub.example.com"
+token_file = "/etc/gpu-agent/hub-token"
+desired_from_hub = true
+verify_registration = true
+registration_timeout = "60s"
+"#;
+
+#[test]
+fn spec_example_loads() {
+    let s = load(&[("/etc/gpu-agent/agent.toml", SPEC_EXAMPLE)]).unwrap();
+    assert_eq!(s.agent.id, "gpu-host-17");
+    assert_eq!(s.agent.metrics_listen.unwrap().port(), 9464);
+    assert_eq!(s.image.name.to_string(), "ghcr.io/acme/worker");
+    assert!(matches!(&s.image.policy, crate::registry::Policy::Tag(t) if t == "stable"));
+    assert_eq!(s.image.poll_interval, Duration::from_secs(300));
+    assert_eq!(s.worker.shm_size, Some(16 << 30));
+    assert_eq!(s.worker.gpus, Gpus::All);
+    assert_eq!(
+        s.worker.ports,
+        vec![PortMapping {
+            host_ip: Some("127.0.0.1".into()),
+            host_port: Some(8080),
+            container_port: 8080,
+            protocol: "tcp".into()
+        }]
+    );
+    assert_eq!(s.worker.drain.timeout, Duration::from_secs(1800));
+    assert_eq!(s.worker.drain.on_timeout, OnDrainTimeout::Abort);
+    assert_eq!(s.gpu.expected_count, Some(8));
+    let hub = s.hub.unwrap();
+    assert!(hub.desired_from_hub && hub.verify_registration);
+}
+
+#[test]
+fn defaults() {
+    let s = load(&[("/a/agent.toml", MINIMAL)]).unwrap();
+    assert_eq!(s.agent.state_dir, PathBuf::from("/var/lib/gpu-agent"));
+    assert_eq!(
+        s.agent.control_socket,
+        PathBuf::from("/run/gpu-agent/agent.sock")
+    );
+    assert_eq!(s.worker.name, "gpu-worker");
+    assert_eq!(s.worker.restart, "unless-stopped");
+    assert_eq!(s.worker.stop_timeout, Duration::from_secs(30));
+    assert_eq!(s.worker.health.timeout, Duration::from_secs(120));
+    assert_eq!(s.worker.health.stable_for, Duration::from_secs(10));
+    assert_eq!(s.image.poll_jitter, Duration::from_secs(30));
+    assert!(s.gpu.check);
+    assert!(s.hub.is_none());
+}
+
+#[test]
+fn gpus_forms() {
+    let with = |g: &str| {
+        load(&[("/a.toml", &format!("{MINIMAL}\n[worker]\ngpus = {g}\n"))])
+            .map(|s| (s.worker.gpus, s.gpu.check))
+    };
+    assert_eq!(with("\"all\"").unwrap().0, Gpus::All);
+    assert_eq!(with("\"none\"").unwrap(), (Gpus::None, false));
+    assert_eq!(with("2").unwrap().0, Gpus::Count(2));
+    assert_eq!(
+        with("[\"GPU-a\", \"GPU-b\"]").unwrap().0,
+        Gpus::Uuids(vec!["GPU-a".into(), "GPU-b".into()])
+    );
+    assert!(with("0").unwrap_err().to_string().contains("worker.gpus"));
+    assert!(with("\"some\"")
+        .unwrap_err()
+        .to_string()
+        .contains("worker.gpus"));
+    assert!(with("[]").is_err());
+}
+
+#[test]
+fn dropins_override_keys_and_merge_tables() {
+    let s = load(&[
+        (
+            "/a/agent.toml",
+            &format!("{MINIMAL}\n[worker]\nenv = {{ A = \"1\", B = \"2\" }}\nports = [\"8080\"]\n"),
+        ),
+        (
+            "/a/agent.d/10-x.toml",
+            "[image]\ntag = \"canary\"\n[worker]\nenv = { B = \"3\" }\nports = [\"9090\"]\n",
+        ),
+    ])
+    .unwrap();
+    assert!(matches!(&s.image.policy, crate::registry::Policy::Tag(t) if t == "canary"));
+    assert_eq!(s.worker.env.get("A").map(String::as_str), Some("1"));
+    assert_eq!(s.worker.env.get("B").map(String::as_str), Some("3"));
+    assert_eq!(s.worker.ports.len(), 1);
+    assert_eq!(s.worker.ports[0].container_port, 9090);
+}
+
+#[test]
+fn unknown_key_names_key_and_file() {
+    let e = err(&[
+        ("/a/agent.toml", MINIMAL),
+        (
+            "/a/agent.d/20-typo.toml",
+            "[worker]\nstop_timeot = \"5s\"\n",
+        ),
+    ]);
+    assert!(e.contains("/a/agent.d/20-typo.toml"), "{e}");
+    assert!(e.contains("stop_timeot"), "{e}");
+    let e = err(&[(
+        "/a/agent.toml",
+        &format!("{MINIMAL}\n[wrker]\nname = \"x\"\n"),
+    )]);
+    assert!(e.contains("wrker") && e.contains("/a/agent.toml"), "{e}");
+}
+
+#[test]
+fn wrong_types_and_values_name_the_file() {
+    let e = err(&[(
+        "/a/agent.toml",
+        &format!("{MINIMAL}\n[worker]\nstop_timeout = 30\n"),
+    )]);
+    assert!(
+        e.contains("/a/agent.toml") && e.contains("stop_timeout"),
+        "{e}"
+    );
+    let e = err(&[(
+        "/a/agent.toml",
+        &format!("{MINIMAL}\n[worker]\nstop_timeout = \"30\"\n"),
+    )]);
+    assert!(e.contains("no unit"), "{e}");
+    let e = err(&[("/a/agent.toml", "[image\nrepository = 1")]);
+    assert!(e.contains("/a/agent.toml"), "{e}");
+}
+
+#[test]
+fn validation_errors_name_key_and_the_file_that_set_it() {
+    let e = err(&[
+        ("/a/agent.toml", MINIMAL),
+        ("/a/agent.d/50-v.toml", "[image]\nversion = \"^2\"\n"),
+    ]);
+    assert!(
+        e.contains("image.version") && e.contains("/a/agent.d/50-v.toml"),
+        "{e}"
+    );
+    assert!(e.contains("exclude each other"), "{e}");
+
+    let e = err(&[(
+        "/a/agent.toml",
+        &format!("{MINIMAL}\n[worker.drain]\non_timeout = \"wait\"\n"),
+    )]);
+    assert!(e.contains("worker.drain.on_timeout"), "{e}");
+    let e = err(&[(
+        "/a/agent.toml",
+        &format!("{MINIMAL}\n[worker]\nports = [\"x:80\"]\n"),
+    )]);
+    assert!(e.contains("worker.ports"), "{e}");
+    let e = err(&[(
+        "/a/agent.toml",
+        &format!("{MINIMAL}\n[worker]\nenv = {{ GPU_AGENT_DIGEST = \"x\" }}\n"),
+    )]);
+    assert!(e.contains("worker.env.GPU_AGENT_DIGEST"), "{e}");
+    let e = err(&[(
+        "/a/agent.toml",
+        &format!("{MINIMAL}\n[worker.health]\nhttp = \"ftp://x/\"\n"),
+    )]);
+    assert!(e.contains("worker.health.http"), "{e}");
+    let e = err(&[("/a/agent.toml", "[agent]\nid = \"h\"\n")]);
+    assert!(e.contains("image.repository"), "{e}");
+    let e = err(&[(
+        "/a/agent.toml",
+        "[agent]\nid = \"h\"\n[image]\nrepository = \"Bad Name\"\n",
+    )]);
+    assert!(e.contains("image.repository"), "{e}");
+    let e = err(&[(
+        "/a/agent.toml",
+        "[agent]\nid = \"h\"\n[image]\nrepository = \"r/x\"\nversion = \"not a range\"\n",
+    )]);
+    assert!(e.contains("image.version"), "{e}");
+    let e = err(&[(
+        "/a/agent.toml",
+        &format!("{MINIMAL}\n[worker]\nrestart = \"sometimes\"\n"),
+    )]);
+    assert!(e.contains("worker.restart"), "{e}");
+}
+
+#[test]
+fn ports() {
+    let p = parse_port("8080").unwrap();
+    assert_eq!((p.host_port, p.container_port), (None, 8080));
+    let p = parse_port("9000:80/udp").unwrap();
+    assert_eq!(
+        (p.host_port, p.container_port, p.protocol.as_str()),
+        (Some(9000), 80, "udp")
+    );
+    let p = parse_port("[::1]:8080:80").unwrap();
+    assert_eq!(p.host_ip.as_deref(), Some("::1"));
+    let p = parse_port("127.0.0.1::80").unwrap();
+    assert_eq!(
+        (p.host_ip.as_deref(), p.host_port),
+        (Some("127.0.0.1"), None)
+    );
+    assert!(parse_port("1:2:3:4").is_err());
+    assert!(parse_port("80/sctp").is_err());
+    assert!(parse_port("999999").is_err());
+    assert!(parse_port("300.1.1.1:80:80").is_err());
+}
+
+#[test]
+fn dropin_files_are_found_in_lexical_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let main = dir.path().join("agent.toml");
+    std::fs::write(&main, MINIMAL).unwrap();
+    std::fs::create_dir(dir.path().join("agent.d")).unwrap();
+    std::fs::write(
+        dir.path().join("agent.d/20-b.toml"),
+        "[image]\ntag = \"b\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("agent.d/10-a.toml"),
+        "[image]\ntag = \"a\"\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("agent.d/README"), "not toml").unwrap();
+    let files = config_files(&main).unwrap();
+    assert_eq!(files.len(), 3);
+    assert!(files[1].ends_with("10-a.toml") && files[2].ends_with("20-b.toml"));
+    let s = super::load(&main).unwrap();
+    assert!(matches!(&s.image.policy, crate::registry::Policy::Tag(t) if t == "b"));
+    let e = super::load(&dir.path().join("missing.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("missing.toml"), "{e}");
+}

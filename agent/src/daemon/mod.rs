@@ -1,0 +1,180 @@
+//! The daemon: starts the subsystems, reconciles after a restart, then runs
+//! the poll loop until SIGTERM or SIGINT. Stopping the agent never stops the
+//! worker: an update in progress is brought to a safe point first (a drain
+//! wait is abandoned with the old worker kept; a swap finishes its verify).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rand::Rng;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::Settings;
+use crate::docker::BollardEngine;
+use crate::registry::{ClientOptions, RegistryClient};
+use crate::update::{CheckOutcome, Trigger, Updater};
+
+/// First retry delay after a failed check or an unreachable engine.
+const RETRY_BASE: Duration = Duration::from_secs(2);
+/// Longest wait between retries of a failing check (never above the poll interval).
+const RETRY_CAP: Duration = Duration::from_secs(300);
+
+/// Exponential backoff with full jitter: a random delay in [base·2ⁿ/2, base·2ⁿ], capped.
+pub fn backoff(failures: u32, cap: Duration) -> Duration {
+    let exp = RETRY_BASE.saturating_mul(1u32 << failures.min(16).saturating_sub(1));
+    let top = exp.min(cap).max(Duration::from_millis(1));
+    let low = top / 2;
+    low + rand::rng().random_range(Duration::ZERO..=top - low)
+}
+
+fn jitter(max: Duration) -> Duration {
+    if max.is_zero() {
+        Duration::ZERO
+    } else {
+        rand::rng().random_range(Duration::ZERO..=max)
+    }
+}
+
+/// Runs the agent until it is told to stop.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let settings = Arc::new(settings);
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone())?;
+    info!(
+        agent_id = %settings.agent.id,
+        image = %settings.image.name,
+        policy = %settings.image.policy,
+        worker = %settings.worker.name,
+        docker = %settings.docker.host,
+        "gpu-agent starting"
+    );
+
+    let registry = RegistryClient::new(ClientOptions {
+        insecure: settings.image.insecure,
+        auth_file: settings.image.auth_file.clone(),
+        ..ClientOptions::default()
+    })
+    .context("building the registry client")?;
+
+    let Some(engine) = connect_engine(&settings, &shutdown).await else {
+        info!("stopped before the engine answered");
+        return Ok(());
+    };
+    let mut updater = Updater::new(engine, registry, settings.clone(), shutdown.clone())
+        .context("opening the state folder")?;
+
+    // Converge first: finish or undo whatever a crash interrupted.
+    let mut failures = 0u32;
+    while let Err(e) = updater.reconcile().await {
+        failures += 1;
+        let wait = backoff(failures, RETRY_CAP);
+        error!(error = %e, retry_in = ?wait, "could not reconcile the worker with the journal");
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+    }
+
+    let poll = settings.image.poll_interval;
+    let mut trigger = Trigger::Startup;
+    let mut wait = Duration::ZERO;
+    failures = 0;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => break,
+        }
+        if let Err(e) = updater.ensure_running().await {
+            warn!(error = %e, "could not make sure the worker runs");
+        }
+        match updater.check(trigger).await {
+            Ok(outcome) => {
+                failures = 0;
+                match &outcome {
+                    CheckOutcome::UpToDate => {}
+                    CheckOutcome::Updated(d) => info!(digest = %d, "update done"),
+                    CheckOutcome::SkippedBad(d) => {
+                        info!(digest = %d, "the target digest is marked bad; waiting for a new one")
+                    }
+                    CheckOutcome::Held(why) => info!(reason = why, "updates held"),
+                    CheckOutcome::RolledBack { target, error } => {
+                        warn!(digest = %target, error = %error, "update rolled back")
+                    }
+                    CheckOutcome::Aborted(why) => warn!(reason = %why, "update aborted"),
+                    CheckOutcome::Failed(why) => error!(reason = %why, "update failed"),
+                }
+                wait = poll + jitter(settings.image.poll_jitter);
+            }
+            Err(e) => {
+                failures += 1;
+                wait = backoff(failures, RETRY_CAP.min(poll)) + jitter(settings.image.poll_jitter);
+                error!(error = %e, attempt = failures, retry_in = ?wait, "check failed; the worker is left as it is");
+            }
+        }
+        trigger = Trigger::Poll;
+    }
+    info!("gpu-agent stopping; the worker keeps running");
+    Ok(())
+}
+
+async fn connect_engine(
+    settings: &Settings,
+    shutdown: &CancellationToken,
+) -> Option<BollardEngine> {
+    let mut failures = 0u32;
+    loop {
+        match BollardEngine::connect(&settings.docker.host, &settings.agent.id).await {
+            Ok(e) => return Some(e),
+            Err(e) => {
+                failures += 1;
+                let wait = backoff(failures, Duration::from_secs(30));
+                error!(error = %e, retry_in = ?wait, "docker engine not reachable");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.cancelled() => return None,
+                }
+            }
+        }
+    }
+}
+
+fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => info!(signal = "SIGTERM", "asked to stop"),
+            _ = int.recv() => info!(signal = "SIGINT", "asked to stop"),
+        }
+        shutdown.cancel();
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_jittered_and_capped() {
+        for _ in 0..100 {
+            let b1 = backoff(1, RETRY_CAP);
+            assert!(
+                b1 >= Duration::from_secs(1) && b1 <= Duration::from_secs(2),
+                "{b1:?}"
+            );
+            let b4 = backoff(4, RETRY_CAP);
+            assert!(
+                b4 >= Duration::from_secs(8) && b4 <= Duration::from_secs(16),
+                "{b4:?}"
+            );
+            let capped = backoff(30, Duration::from_secs(5));
+            assert!(capped <= Duration::from_secs(5) && capped >= Duration::from_millis(2500));
+        }
+        let spread: std::collections::HashSet<_> = (0..20).map(|_| backoff(3, RETRY_CAP)).collect();
+        assert!(spread.len() > 1, "backoff is jittered");
+    }
+}

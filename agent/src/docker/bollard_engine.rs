@@ -1,0 +1,426 @@
+//! [`Engine`] over the Docker Engine API through bollard.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::auth::DockerCredentials;
+use bollard::errors::Error as BollardError;
+use bollard::models::{ContainerUpdateBody, HealthStatusEnum};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, ListContainersOptions, ListImagesOptions,
+    LogsOptions, RemoveContainerOptions, RemoveImageOptions, RenameContainerOptions,
+    StopContainerOptions,
+};
+use bollard::{Docker, API_DEFAULT_VERSION};
+use futures_util::StreamExt;
+use tracing::{debug, info, warn};
+
+use super::spec::restart_policy;
+use super::{
+    Container, Engine, EngineError, HealthState, WorkerSpec, LABEL_AGENT, LABEL_DIGEST,
+    LABEL_MANAGED,
+};
+use crate::registry::EngineCredentials;
+
+/// Timeout for one ordinary engine request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// A pull that reports no progress for this long is abandoned.
+const PULL_STALL: Duration = Duration::from_secs(300);
+
+#[derive(Clone)]
+pub struct BollardEngine {
+    docker: Docker,
+    host: String,
+    agent_id: String,
+}
+
+impl BollardEngine {
+    /// Connects to `host` (`unix://…`, `tcp://…`, `http://…`), negotiates the API
+    /// version (hosts run engines older than bollard's default) and pings.
+    pub async fn connect(host: &str, agent_id: &str) -> Result<Self, EngineError> {
+        let unreachable = |e: BollardError| EngineError::Unreachable {
+            host: host.to_string(),
+            message: e.to_string(),
+        };
+        let secs = REQUEST_TIMEOUT.as_secs();
+        let docker = if host.starts_with("unix://") {
+            Docker::connect_with_unix(host, secs, API_DEFAULT_VERSION)
+        } else {
+            Docker::connect_with_http(host, secs, API_DEFAULT_VERSION)
+        }
+        .map_err(unreachable)?;
+        let docker = docker.negotiate_version().await.map_err(unreachable)?;
+        docker.ping().await.map_err(unreachable)?;
+        debug!(host, version = ?docker.client_version(), "connected to docker engine");
+        Ok(BollardEngine {
+            docker,
+            host: host.to_string(),
+            agent_id: agent_id.to_string(),
+        })
+    }
+
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    fn err(&self, op: &'static str, target: &str, e: BollardError) -> EngineError {
+        match e {
+            BollardError::DockerResponseServerError {
+                status_code,
+                message,
+            } => EngineError::Call {
+                op,
+                target: target.to_string(),
+                message,
+                status: Some(status_code),
+            },
+            BollardError::RequestTimeoutError => EngineError::Timeout {
+                op,
+                target: target.to_string(),
+                secs: REQUEST_TIMEOUT.as_secs(),
+            },
+            e @ (BollardError::HyperResponseError { .. }
+            | BollardError::HyperLegacyError { .. }
+            | BollardError::IOError { .. }
+            | BollardError::SocketNotFoundError(_)) => EngineError::Unreachable {
+                host: self.host.clone(),
+                message: e.to_string(),
+            },
+            e => EngineError::Call {
+                op,
+                target: target.to_string(),
+                message: e.to_string(),
+                status: None,
+            },
+        }
+    }
+}
+
+fn to_container(r: bollard::models::ContainerInspectResponse) -> Container {
+    let state = r.state.unwrap_or_default();
+    let labels = r
+        .config
+        .as_ref()
+        .and_then(|c| c.labels.clone())
+        .unwrap_or_default();
+    let has_healthcheck = r
+        .config
+        .as_ref()
+        .and_then(|c| c.healthcheck.as_ref())
+        .and_then(|h| h.test.as_ref())
+        .is_some_and(|t| !t.is_empty() && t[0] != "NONE");
+    let health = match state.health.as_ref().and_then(|h| h.status) {
+        _ if !has_healthcheck => HealthState::None,
+        Some(HealthStatusEnum::HEALTHY) => HealthState::Healthy,
+        Some(HealthStatusEnum::UNHEALTHY) => HealthState::Unhealthy,
+        _ => HealthState::Starting,
+    };
+    Container {
+        id: r.id.unwrap_or_default(),
+        name: r
+            .name
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_string(),
+        digest: labels.get(LABEL_DIGEST).cloned(),
+        running: state.running.unwrap_or(false),
+        restarting: state.restarting.unwrap_or(false),
+        status: state.status.map(|s| s.to_string()).unwrap_or_default(),
+        exit_code: state.exit_code,
+        restart_count: r.restart_count.unwrap_or(0),
+        health,
+        error: state.error.filter(|e| !e.is_empty()),
+    }
+}
+
+impl Engine for BollardEngine {
+    async fn list_managed(&self) -> Result<Vec<Container>, EngineError> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("{LABEL_MANAGED}=true"),
+                format!("{LABEL_AGENT}={}", self.agent_id),
+            ],
+        )]);
+        let list = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| self.err("list containers", "", e))?;
+        let mut out = Vec::with_capacity(list.len());
+        for c in list {
+            let Some(id) = c.id else { continue };
+            // Inspect for restart count and health; a container removed meanwhile is skipped.
+            if let Some(c) = self.inspect(&id).await? {
+                out.push(c);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn inspect(&self, id: &str) -> Result<Option<Container>, EngineError> {
+        match self.docker.inspect_container(id, None).await {
+            Ok(r) => Ok(Some(to_container(r))),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(self.err("inspect", id, e)),
+        }
+    }
+
+    async fn has_image(&self, image_ref: &str) -> Result<bool, EngineError> {
+        match self.docker.inspect_image(image_ref).await {
+            Ok(_) => Ok(true),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(false),
+            Err(e) => Err(self.err("inspect image", image_ref, e)),
+        }
+    }
+
+    async fn pull(
+        &self,
+        image_ref: &str,
+        creds: Option<EngineCredentials>,
+    ) -> Result<(), EngineError> {
+        let (repo, reference) = match image_ref.rsplit_once('@') {
+            Some((r, d)) => (r, d),
+            None => (image_ref, "latest"),
+        };
+        let creds = creds.map(|c| DockerCredentials {
+            username: c.username,
+            password: c.password,
+            identitytoken: c.identitytoken,
+            serveraddress: Some(c.serveraddress),
+            ..Default::default()
+        });
+        let mut stream = self.docker.create_image(
+            Some(CreateImageOptions {
+                from_image: Some(repo.to_string()),
+                tag: Some(reference.to_string()),
+                ..Default::default()
+            }),
+            None,
+            creds,
+        );
+        loop {
+            match tokio::time::timeout(PULL_STALL, stream.next()).await {
+                Err(_) => {
+                    return Err(EngineError::PullStalled {
+                        image: image_ref.to_string(),
+                        secs: PULL_STALL.as_secs(),
+                    })
+                }
+                Ok(None) => break,
+                Ok(Some(Ok(info))) => {
+                    if let Some(e) = info.error_detail.and_then(|d| d.message) {
+                        return Err(EngineError::Pull {
+                            image: image_ref.to_string(),
+                            message: e,
+                        });
+                    }
+                }
+                Ok(Some(Err(BollardError::DockerStreamError { error }))) => {
+                    return Err(EngineError::Pull {
+                        image: image_ref.to_string(),
+                        message: error,
+                    })
+                }
+                Ok(Some(Err(BollardError::DockerResponseServerError { message, .. }))) => {
+                    return Err(EngineError::Pull {
+                        image: image_ref.to_string(),
+                        message,
+                    })
+                }
+                Ok(Some(Err(e))) => return Err(self.err("pull", image_ref, e)),
+            }
+        }
+        // The stream can end cleanly without the image (old engines); make sure.
+        if !self.has_image(image_ref).await? {
+            return Err(EngineError::Pull {
+                image: image_ref.to_string(),
+                message: "the engine finished the pull but does not have the image".into(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn create(&self, name: &str, spec: &WorkerSpec) -> Result<String, EngineError> {
+        let r = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name.to_string()),
+                    ..Default::default()
+                }),
+                spec.create_body(),
+            )
+            .await
+            .map_err(|e| self.err("create", name, e))?;
+        for w in r.warnings {
+            warn!(container = name, warning = %w, "engine warning on create");
+        }
+        Ok(r.id)
+    }
+
+    async fn start(&self, id: &str) -> Result<(), EngineError> {
+        self.docker
+            .start_container(id, None)
+            .await
+            .map_err(|e| self.err("start", id, e))
+    }
+
+    async fn stop(&self, id: &str, timeout: Duration) -> Result<(), EngineError> {
+        let secs = timeout.as_secs().min(i32::MAX as u64) as i32;
+        let call = self.docker.stop_container(
+            id,
+            Some(StopContainerOptions {
+                t: Some(secs),
+                signal: None,
+            }),
+        );
+        // The engine waits up to `timeout` before SIGKILL; allow for it.
+        match tokio::time::timeout(timeout + REQUEST_TIMEOUT, call).await {
+            Err(_) => Err(EngineError::Timeout {
+                op: "stop",
+                target: id.to_string(),
+                secs: (timeout + REQUEST_TIMEOUT).as_secs(),
+            }),
+            // 304: already stopped.
+            Ok(Err(BollardError::DockerResponseServerError {
+                status_code: 304, ..
+            })) => Ok(()),
+            Ok(r) => r.map_err(|e| self.err("stop", id, e)),
+        }
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), EngineError> {
+        match self
+            .docker
+            .remove_container(
+                id,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(self.err("remove", id, e)),
+        }
+    }
+
+    async fn rename(&self, id: &str, name: &str) -> Result<(), EngineError> {
+        self.docker
+            .rename_container(
+                id,
+                RenameContainerOptions {
+                    name: name.to_string(),
+                },
+            )
+            .await
+            .map_err(|e| self.err("rename", id, e))
+    }
+
+    async fn set_restart(
+        &self,
+        id: &str,
+        policy: &str,
+        max_retries: Option<u32>,
+    ) -> Result<(), EngineError> {
+        self.docker
+            .update_container(
+                id,
+                ContainerUpdateBody {
+                    restart_policy: Some(restart_policy(policy, max_retries)),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| self.err("update restart policy", id, e))
+    }
+
+    async fn logs_tail(&self, id: &str, lines: usize) -> Result<String, EngineError> {
+        let mut stream = self.docker.logs(
+            id,
+            Some(LogsOptions {
+                stdout: true,
+                stderr: true,
+                tail: lines.to_string(),
+                ..Default::default()
+            }),
+        );
+        let mut out = String::new();
+        let read = async {
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(chunk) => out.push_str(&chunk.to_string()),
+                    Err(e) => return Err(self.err("logs", id, e)),
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(Duration::from_secs(10), read).await {
+            Ok(r) => r?,
+            Err(_) => debug!(container = id, "log tail timed out"),
+        }
+        Ok(out)
+    }
+
+    async fn prune_images(&self, repository: &str, keep: &[String]) -> Result<usize, EngineError> {
+        let images = self
+            .docker
+            .list_images(Some(ListImagesOptions {
+                all: false,
+                digests: true,
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| self.err("list images", repository, e))?;
+        let prefix = format!("{repository}@");
+        let mut removed = 0;
+        for img in images {
+            let ours: Vec<&String> = img
+                .repo_digests
+                .iter()
+                .filter(|d| d.starts_with(&prefix))
+                .collect();
+            if ours.is_empty()
+                || ours
+                    .iter()
+                    .any(|d| keep.iter().any(|k| d.ends_with(k.as_str())))
+            {
+                continue;
+            }
+            match self
+                .docker
+                .remove_image(
+                    &img.id,
+                    Some(RemoveImageOptions {
+                        force: false,
+                        noprune: false,
+                        ..Default::default()
+                    }),
+                    None,
+                )
+                .await
+            {
+                Ok(_) => {
+                    removed += 1;
+                    info!(image = %ours[0], "pruned old worker image");
+                }
+                // In use by a container (409) or used by another tag: leave it.
+                Err(e) => debug!(image = %ours[0], error = %e, "not pruned"),
+            }
+        }
+        Ok(removed)
+    }
+}

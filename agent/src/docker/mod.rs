@@ -1,0 +1,142 @@
+//! The Docker engine: a small [`Engine`] trait over what the update needs, its
+//! bollard implementation ([`BollardEngine`]), and the pure mapping from the
+//! worker settings to the container the engine creates ([`spec`]).
+//!
+//! Architecture invariant: only `update/` decides which container runs; this
+//! module only carries out single engine calls.
+
+mod bollard_engine;
+pub mod spec;
+
+use std::future::Future;
+use std::time::Duration;
+
+pub use bollard_engine::BollardEngine;
+pub use spec::WorkerSpec;
+
+use crate::registry::EngineCredentials;
+
+/// Label set on every container the agent manages.
+pub const LABEL_MANAGED: &str = "gpu-agent.managed";
+/// Label holding the image digest (`sha256:…`) a managed container runs.
+pub const LABEL_DIGEST: &str = "gpu-agent.digest";
+/// Label holding the agent id, so that agents sharing an engine (tests) keep apart.
+pub const LABEL_AGENT: &str = "gpu-agent.agent";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthState {
+    /// The container has no HEALTHCHECK.
+    None,
+    Starting,
+    Healthy,
+    Unhealthy,
+}
+
+/// What the agent needs to know of one managed container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Container {
+    pub id: String,
+    /// Without the leading `/`.
+    pub name: String,
+    pub digest: Option<String>,
+    pub running: bool,
+    pub restarting: bool,
+    /// `created`, `running`, `exited`, ... as the engine says.
+    pub status: String,
+    pub exit_code: Option<i64>,
+    pub restart_count: i64,
+    pub health: HealthState,
+    /// The engine's own error text for the last start, if any.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot reach the docker engine at {host}: {message} (is dockerd running, and may this user use its socket?)")]
+    Unreachable { host: String, message: String },
+    #[error("pulling {image}: {message}")]
+    Pull { image: String, message: String },
+    #[error("pulling {image}: no progress for {secs}s, gave up")]
+    PullStalled { image: String, secs: u64 },
+    #[error("docker {op} {target}: {message}")]
+    Call {
+        op: &'static str,
+        target: String,
+        message: String,
+        status: Option<u16>,
+    },
+    #[error("docker {op} {target}: timed out after {secs}s")]
+    Timeout {
+        op: &'static str,
+        target: String,
+        secs: u64,
+    },
+}
+
+impl EngineError {
+    /// The engine answered 404 for this call.
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            EngineError::Call {
+                status: Some(404),
+                ..
+            }
+        )
+    }
+}
+
+/// The engine calls the update needs. Every call is one request with a timeout.
+pub trait Engine: Send + Sync + 'static {
+    /// All containers (running or not) labelled as managed by this agent.
+    fn list_managed(&self) -> impl Future<Output = Result<Vec<Container>, EngineError>> + Send;
+    /// One container by id or name; `None` if it does not exist.
+    fn inspect(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<Container>, EngineError>> + Send;
+    /// Whether the image `repo@digest` is present locally.
+    fn has_image(&self, image_ref: &str) -> impl Future<Output = Result<bool, EngineError>> + Send;
+    /// Pulls `repo@digest`.
+    fn pull(
+        &self,
+        image_ref: &str,
+        creds: Option<EngineCredentials>,
+    ) -> impl Future<Output = Result<(), EngineError>> + Send;
+    /// Creates (does not start) the worker container; returns its id.
+    fn create(
+        &self,
+        name: &str,
+        spec: &WorkerSpec,
+    ) -> impl Future<Output = Result<String, EngineError>> + Send;
+    fn start(&self, id: &str) -> impl Future<Output = Result<(), EngineError>> + Send;
+    /// SIGTERM, then SIGKILL after `timeout`. Stopping a stopped container is fine.
+    fn stop(
+        &self,
+        id: &str,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(), EngineError>> + Send;
+    /// Force-removes a container; a missing one is fine.
+    fn remove(&self, id: &str) -> impl Future<Output = Result<(), EngineError>> + Send;
+    fn rename(&self, id: &str, name: &str) -> impl Future<Output = Result<(), EngineError>> + Send;
+    /// Changes the restart policy of an existing container (`no` before it is stopped
+    /// for a swap, so a dockerd restart cannot bring it back beside the new one).
+    fn set_restart(
+        &self,
+        id: &str,
+        policy: &str,
+        max_retries: Option<u32>,
+    ) -> impl Future<Output = Result<(), EngineError>> + Send;
+    /// The last `lines` lines of the container's output.
+    fn logs_tail(
+        &self,
+        id: &str,
+        lines: usize,
+    ) -> impl Future<Output = Result<String, EngineError>> + Send;
+    /// Removes images of `repository` whose digest is not in `keep`; returns how many.
+    fn prune_images(
+        &self,
+        repository: &str,
+        keep: &[String],
+    ) -> impl Future<Output = Result<usize, EngineError>> + Send;
+}

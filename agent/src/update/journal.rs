@@ -1,0 +1,414 @@
+//! What the agent keeps on disk under `agent.state_dir`:
+//!
+//! - `state.json`: the update journal: current, last good and bad digests, the
+//!   drain/pin holds, and the update in progress with the step it reached.
+//!   Written atomically (temp file, fsync, rename, fsync of the folder) before
+//!   every step, so a crash at any point leaves the last step on disk.
+//! - `history.jsonl`: the append-only audit trail, one JSON object a line,
+//!   fsynced after each append. A torn last line (crash mid-write) is skipped
+//!   when read, never rewritten.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use atomicwrites::{AtomicFile, OverwriteBehavior};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tracing::warn;
+
+pub const STATE_FILE: &str = "state.json";
+pub const HISTORY_FILE: &str = "history.jsonl";
+/// How many bad marks and earlier good digests the state keeps.
+const KEEP: usize = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Why an update ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    Poll,
+    Nudge,
+    Cli,
+    Hub,
+    Startup,
+}
+
+/// How far an update got. Persisted before the step starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    /// Pulling the new image and creating its container; the old one serves.
+    Pulling,
+    /// Draining the old worker; it still runs.
+    Draining,
+    /// Stopping the old container and starting the new one.
+    Swapping,
+    /// The new container runs and is being verified.
+    Verifying,
+    /// Going back to `from`.
+    RollingBack,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    pub from: Option<String>,
+    pub to: String,
+    pub trigger: Trigger,
+    pub step: Step,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    /// Why a rollback began.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BadDigest {
+    pub digest: String,
+    pub reason: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// The persisted state of the agent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct State {
+    pub version: u32,
+    pub current_digest: Option<String>,
+    pub last_good_digest: Option<String>,
+    /// Good digests before the last good one, newest last.
+    pub previous_good: Vec<String>,
+    pub bad_digests: Vec<BadDigest>,
+    pub drained: bool,
+    pub pinned: Option<String>,
+    pub pending: Option<Pending>,
+}
+
+impl State {
+    pub fn is_bad(&self, digest: &str) -> bool {
+        self.bad_digests.iter().any(|b| b.digest == digest)
+    }
+
+    pub fn mark_bad(&mut self, digest: &str, reason: &str, at: OffsetDateTime) {
+        self.bad_digests.retain(|b| b.digest != digest);
+        self.bad_digests.push(BadDigest {
+            digest: digest.to_string(),
+            reason: reason.to_string(),
+            at,
+        });
+        let excess = self.bad_digests.len().saturating_sub(KEEP);
+        self.bad_digests.drain(..excess);
+    }
+
+    /// `digest` runs and passed verification.
+    pub fn commit(&mut self, digest: &str) {
+        if let Some(prev) = self.last_good_digest.take() {
+            if prev != digest {
+                self.previous_good.retain(|d| d != &prev && d != digest);
+                self.previous_good.push(prev);
+                let excess = self.previous_good.len().saturating_sub(KEEP);
+                self.previous_good.drain(..excess);
+            }
+        }
+        self.current_digest = Some(digest.to_string());
+        self.last_good_digest = Some(digest.to_string());
+        self.bad_digests.retain(|b| b.digest != digest);
+    }
+}
+
+/// One line of the audit trail (the SPEC's `agentctl history` entry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    pub kind: Kind,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub outcome: Outcome,
+    pub trigger: Trigger,
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Update,
+    Rollback,
+    Drain,
+    Undrain,
+    Pin,
+    Unpin,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Success,
+    RolledBack,
+    Failed,
+    Aborted,
+}
+
+/// The state and history files of one agent.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    dir: PathBuf,
+}
+
+impl Journal {
+    /// Opens (creating) the state folder.
+    pub fn open(dir: &Path) -> Result<Self, JournalError> {
+        std::fs::create_dir_all(dir).map_err(|source| JournalError::Io {
+            action: "creating state folder",
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        Ok(Journal {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn state_path(&self) -> PathBuf {
+        self.dir.join(STATE_FILE)
+    }
+
+    pub fn history_path(&self) -> PathBuf {
+        self.dir.join(HISTORY_FILE)
+    }
+
+    /// Reads the state. A missing file is a fresh state. A file that does not
+    /// parse is kept aside as `state.json.corrupt-<unix time>` and a fresh state
+    /// returned with `recovered = true`: the caller rebuilds it from the engine.
+    pub fn load(&self) -> Result<(State, bool), JournalError> {
+        let path = self.state_path();
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok((State::default(), false))
+            }
+            Err(source) => {
+                return Err(JournalError::Io {
+                    action: "reading",
+                    path,
+                    source,
+                })
+            }
+        };
+        match serde_json::from_slice::<State>(&text) {
+            Ok(s) => Ok((s, false)),
+            Err(e) => {
+                let aside = self.dir.join(format!(
+                    "{STATE_FILE}.corrupt-{}",
+                    OffsetDateTime::now_utc().unix_timestamp()
+                ));
+                warn!(path = %path.display(), error = %e, kept_as = %aside.display(),
+                      "state file does not parse; rebuilding it from the engine");
+                std::fs::rename(&path, &aside).map_err(|source| JournalError::Io {
+                    action: "moving aside",
+                    path: path.clone(),
+                    source,
+                })?;
+                Ok((State::default(), true))
+            }
+        }
+    }
+
+    /// Writes the state atomically and durably.
+    pub fn save(&self, state: &State) -> Result<(), JournalError> {
+        let path = self.state_path();
+        let mut s = state.clone();
+        s.version = 1;
+        let bytes = serde_json::to_vec_pretty(&s).expect("state serialises");
+        AtomicFile::new(&path, OverwriteBehavior::AllowOverwrite)
+            .write(|f| {
+                f.write_all(&bytes)?;
+                f.write_all(b"\n")
+            })
+            .map_err(|e| JournalError::Io {
+                action: "writing",
+                path,
+                source: match e {
+                    atomicwrites::Error::Internal(e) | atomicwrites::Error::User(e) => e,
+                },
+            })
+    }
+
+    /// Appends one entry to the history and fsyncs it.
+    pub fn append(&self, entry: &HistoryEntry) -> Result<(), JournalError> {
+        let path = self.history_path();
+        let io = |action, source| JournalError::Io {
+            action,
+            path: path.clone(),
+            source,
+        };
+        let mut line = serde_json::to_vec(entry).expect("history entry serialises");
+        line.push(b'\n');
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| io("opening", e))?;
+        // A torn last line from a crash would glue onto this one: start afresh.
+        if needs_newline(&path) {
+            f.write_all(b"\n").map_err(|e| io("appending to", e))?;
+        }
+        f.write_all(&line).map_err(|e| io("appending to", e))?;
+        f.sync_data().map_err(|e| io("syncing", e))
+    }
+
+    /// The whole history, oldest first; lines that do not parse are skipped.
+    pub fn history(&self) -> Result<Vec<HistoryEntry>, JournalError> {
+        let path = self.history_path();
+        let f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(source) => {
+                return Err(JournalError::Io {
+                    action: "reading",
+                    path,
+                    source,
+                })
+            }
+        };
+        let mut out = Vec::new();
+        for line in BufReader::new(f).lines() {
+            let line = line.map_err(|source| JournalError::Io {
+                action: "reading",
+                path: path.clone(),
+                source,
+            })?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            match serde_json::from_str(&line) {
+                Ok(e) => out.push(e),
+                Err(e) => {
+                    warn!(path = %path.display(), error = %e, "skipping a history line that does not parse")
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn needs_newline(path: &Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = File::open(path) else {
+        return false;
+    };
+    if f.seek(SeekFrom::End(-1)).is_err() {
+        return false;
+    }
+    let mut b = [0u8; 1];
+    f.read_exact(&mut b).is_ok() && b[0] != b'\n'
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(outcome: Outcome) -> HistoryEntry {
+        HistoryEntry {
+            at: OffsetDateTime::now_utc(),
+            kind: Kind::Update,
+            from: Some("sha256:a".into()),
+            to: Some("sha256:b".into()),
+            outcome,
+            trigger: Trigger::Poll,
+            error: None,
+            downtime_ms: Some(12),
+        }
+    }
+
+    #[test]
+    fn state_round_trips_and_survives_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        assert_eq!(j.load().unwrap(), (State::default(), false));
+        let mut s = State::default();
+        s.commit("sha256:a");
+        s.commit("sha256:b");
+        s.mark_bad("sha256:c", "crashed", OffsetDateTime::now_utc());
+        j.save(&s).unwrap();
+        let (back, recovered) = j.load().unwrap();
+        assert!(!recovered);
+        assert_eq!(back.last_good_digest.as_deref(), Some("sha256:b"));
+        assert_eq!(back.previous_good, vec!["sha256:a".to_string()]);
+        assert!(back.is_bad("sha256:c"));
+
+        std::fs::write(j.state_path(), b"{\"current_digest\": \"sha").unwrap();
+        let (fresh, recovered) = j.load().unwrap();
+        assert!(recovered);
+        assert_eq!(fresh, State::default());
+        let kept: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("state.json.corrupt-")
+            })
+            .collect();
+        assert_eq!(kept.len(), 1, "the corrupt file is kept aside");
+    }
+
+    #[test]
+    fn commit_clears_a_bad_mark_and_keeps_earlier_good() {
+        let mut s = State::default();
+        s.mark_bad("sha256:b", "x", OffsetDateTime::now_utc());
+        s.commit("sha256:a");
+        s.commit("sha256:b");
+        assert!(!s.is_bad("sha256:b"));
+        assert_eq!(s.previous_good, vec!["sha256:a".to_string()]);
+        for i in 0..30 {
+            s.mark_bad(&format!("sha256:{i}"), "x", OffsetDateTime::now_utc());
+        }
+        assert_eq!(s.bad_digests.len(), KEEP);
+        assert!(s.is_bad("sha256:29") && !s.is_bad("sha256:0"));
+    }
+
+    #[test]
+    fn history_appends_and_skips_a_torn_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        j.append(&entry(Outcome::Success)).unwrap();
+        // A crash mid-append leaves half a line.
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(j.history_path())
+            .unwrap();
+        f.write_all(b"{\"at\":\"2026-").unwrap();
+        j.append(&entry(Outcome::RolledBack)).unwrap();
+        let h = j.history().unwrap();
+        assert_eq!(h.len(), 2);
+        assert_eq!(h[0].outcome, Outcome::Success);
+        assert_eq!(h[1].outcome, Outcome::RolledBack);
+        let line = std::fs::read_to_string(j.history_path()).unwrap();
+        let first: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+        for k in [
+            "at",
+            "kind",
+            "from",
+            "to",
+            "outcome",
+            "trigger",
+            "error",
+            "downtime_ms",
+        ] {
+            assert!(first.get(k).is_some(), "history line lacks {k}: {first}");
+        }
+    }
+}

@@ -1,0 +1,401 @@
+//! The core update loop against the real engine and a real registry:
+//! tag moves, broken and crashing images, drains, semver, auth, bad input.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_move_swaps_the_worker() {
+    let s = Setup::new("tagmove");
+    let v1 = s.push("v1", "stable");
+    let agent = s.start_agent(&s.config("tag = \"stable\"", &s.env(""), ""));
+    s.wait_running(&v1, "v1", &agent).await;
+    let first = s.wait_history(&v1, "success", &agent).await;
+    assert_eq!(first["trigger"], "startup");
+    assert!(first["from"].is_null());
+
+    // The worker is told who it is and what it runs.
+    let h = s.health().await.unwrap();
+    assert_eq!(h["digest"], v1);
+    let labels = docker(&["inspect", "-f", "{{json .Config.Labels}}", &s.name]);
+    let labels: serde_json::Value = serde_json::from_str(labels.trim()).unwrap();
+    assert_eq!(labels["gpu-agent.managed"], "true");
+    assert_eq!(labels["gpu-agent.digest"], v1);
+
+    let v2 = s.push("v2", "stable");
+    s.wait_running(&v2, "v2", &agent).await;
+    let e = s.wait_history(&v2, "success", &agent).await;
+    assert_eq!(e["kind"], "update");
+    assert_eq!(e["from"], v1);
+    assert_eq!(e["trigger"], "poll");
+    assert!(e["downtime_ms"].as_u64().is_some(), "{e}");
+    assert!(e["error"].is_null());
+
+    let st = s.state();
+    assert_eq!(st["current_digest"], v2);
+    assert_eq!(st["last_good_digest"], v2);
+    assert!(st["pending"].is_null());
+    // Only the new worker is left; the old container is gone after commit.
+    assert_eq!(s.managed().await.len(), 1, "{:#?}", s.managed().await);
+    // The image is deployed by digest, never by tag.
+    let image = docker(&["inspect", "-f", "{{.Config.Image}}", &s.name]);
+    assert_eq!(image.trim(), format!("{}@{v2}", s.image_repo()));
+}
+
+async fn rolls_back(variant: &str, name: &str, expect_error: &str) {
+    let s = Setup::new(name);
+    let v1 = s.push("v1", "stable");
+    let agent = s.start_agent(&s.config("tag = \"stable\"", &s.env(""), ""));
+    s.wait_running(&v1, "v1", &agent).await;
+    s.wait_history(&v1, "success", &agent).await;
+
+    let bad = s.push(variant, "stable");
+    let e = s.wait_history(&bad, "rolled_back", &agent).await;
+    assert_eq!(e["from"], v1);
+    let err = e["error"].as_str().unwrap();
+    assert!(
+        err.contains(expect_error),
+        "error {err:?} lacks {expect_error:?}"
+    );
+    s.wait_running(&v1, "v1", &agent).await;
+    let st = s.state();
+    assert_eq!(st["current_digest"], v1);
+    assert_eq!(st["last_good_digest"], v1);
+    assert!(
+        st["bad_digests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["digest"] == bad),
+        "{st}"
+    );
+    // Several polls later the bad digest has not been tried again.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let tries = s.history().iter().filter(|e| e["to"] == bad).count();
+    assert_eq!(tries, 1, "the bad digest was retried: {:#?}", s.history());
+    assert!(agent.log().contains("marked bad"), "{}", agent.log());
+    s.wait_running(&v1, "v1", &agent).await;
+
+    // When the tag moves on to a good digest, it is deployed.
+    let v2 = s.push("v2", "stable");
+    s.wait_running(&v2, "v2", &agent).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_image_rolls_back_and_is_not_retried() {
+    rolls_back("broken", "broken", "not healthy within").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashing_image_rolls_back_and_is_not_retried() {
+    rolls_back("crash", "crash", "exited with code").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_image_healthcheck_gates_when_no_health_url_is_set() {
+    let s = Setup::new("healthcheck");
+    let good = s.push("hc-good", "stable");
+    // No [worker.health] http: the image's HEALTHCHECK decides.
+    let cfg = s
+        .config("tag = \"stable\"", &s.env(""), "")
+        .replace(&format!("http = \"{}\"\n", s.health_url()), "");
+    let agent = s.start_agent(&cfg);
+    s.wait_history(&good, "success", &agent).await;
+    let bad = s.push("hc-bad", "stable");
+    let e = s.wait_history(&bad, "rolled_back", &agent).await;
+    assert!(e["error"].as_str().unwrap().contains("HEALTHCHECK"), "{e}");
+    let c = s.running().await.unwrap();
+    assert_eq!(c.digest.as_deref(), Some(good.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_waits_for_in_flight_jobs() {
+    let s = Setup::new("drain");
+    let v1 = s.push("v1", "stable");
+    let cfg = s.config(
+        "tag = \"stable\"",
+        &s.env("INFLIGHT_JOBS = \"3\", JOB_SECONDS = \"1\""),
+        &format!(
+            "[worker.drain]\nhttp = \"{}\"\ntimeout = \"60s\"\n",
+            s.drain_url()
+        ),
+    );
+    let agent = s.start_agent(&cfg);
+    s.wait_running(&v1, "v1", &agent).await;
+    s.wait_history(&v1, "success", &agent).await;
+    let v2 = s.push("v2", "stable");
+    s.wait_running(&v2, "v2", &agent).await;
+
+    let ev = s.events();
+    let at = |version: &str, event: &str| {
+        ev.iter()
+            .find(|(_, v, e)| v == version && e == event)
+            .map(|(t, _, _)| *t)
+            .unwrap_or_else(|| panic!("no {version} {event} in events {ev:#?}"))
+    };
+    let drain = at("v1", "drain");
+    let idle = at("v1", "idle");
+    let term = at("v1", "sigterm");
+    let start = at("v2", "start");
+    assert!(
+        idle >= drain + 2500,
+        "three 1 s jobs took {} ms",
+        idle - drain
+    );
+    assert!(
+        term >= idle,
+        "SIGTERM came before the jobs were done: {ev:#?}"
+    );
+    assert!(
+        start >= term,
+        "the new worker started before the old stopped: {ev:#?}"
+    );
+    assert!(agent.log().contains("waiting for in-flight jobs"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_timeout_aborts_and_keeps_the_old_worker() {
+    let s = Setup::new("drainabort");
+    let v1 = s.push("v1", "stable");
+    let cfg = s.config(
+        "tag = \"stable\"",
+        &s.env("INFLIGHT_JOBS = \"50\", JOB_SECONDS = \"100\""),
+        &format!(
+            "[worker.drain]\nhttp = \"{}\"\ntimeout = \"2s\"\non_timeout = \"abort\"\n",
+            s.drain_url()
+        ),
+    );
+    let agent = s.start_agent(&cfg);
+    s.wait_running(&v1, "v1", &agent).await;
+    s.wait_history(&v1, "success", &agent).await;
+    let v2 = s.push("v2", "stable");
+    let e = s.wait_history(&v2, "aborted", &agent).await;
+    let err = e["error"].as_str().unwrap();
+    assert!(err.contains("50 jobs still in flight"), "{err}");
+    // The old worker still runs, was never stopped, and takes jobs again.
+    let c = s.running().await.unwrap();
+    assert_eq!(c.digest.as_deref(), Some(v1.as_str()));
+    let ev = s.events();
+    assert!(
+        !ev.iter().any(|(_, v, e)| v == "v1" && e == "sigterm"),
+        "{ev:#?}"
+    );
+    assert!(
+        ev.iter().any(|(_, v, e)| v == "v1" && e == "undrain"),
+        "{ev:#?}"
+    );
+    assert!(s.state()["pending"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn semver_picks_the_highest_tag_in_range() {
+    let s = Setup::new("semver");
+    s.push("v1", "1.2.0");
+    let want = s.push("v2", "v1.10");
+    s.push("v3", "2.0.0");
+    s.push("v1", "1.11.0-rc1");
+    s.push("v1", "latest");
+    let agent = s.start_agent(&s.config("version = \"^1.2\"", &s.env(""), ""));
+    s.wait_running(&want, "v2", &agent).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn htpasswd_auth_from_an_auth_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("htpasswd")
+        .args(["-Bbn", "fleet", "s3cret-pw"])
+        .output()
+        .expect("htpasswd (apache2-utils) is installed by scripts/test.sh");
+    let htpasswd = dir.path().join("htpasswd");
+    std::fs::write(&htpasswd, &out.stdout).unwrap();
+    let reg = Registry::start_with(&format!(
+        "auth: {{htpasswd: {{realm: test, path: {}}}}}\n",
+        htpasswd.display()
+    ));
+    // The docker CLI logs in with a config folder of its own.
+    let cli = dir.path().join("cli");
+    std::fs::create_dir(&cli).unwrap();
+    let cli_env = [("DOCKER_CONFIG", cli.to_str().unwrap())];
+    docker_env(
+        &["login", "-u", "fleet", "-p", "s3cret-pw", &reg.host()],
+        &cli_env,
+    );
+    let s = Setup::with_registry("htpasswd", reg);
+    let target = format!("{}/{}:stable", s.registry.host(), s.repo);
+    docker(&["tag", &image("v1"), &target]);
+    let out = docker_env(&["push", &target], &cli_env);
+    docker(&["rmi", &target]);
+    let v1 = out
+        .split_whitespace()
+        .skip_while(|w| *w != "digest:")
+        .nth(1)
+        .unwrap()
+        .to_string();
+
+    let auth_file = s.dir.path().join("registry-auth.json");
+    let b64 = base64_encode("fleet:s3cret-pw");
+    std::fs::write(
+        &auth_file,
+        format!(
+            "{{\"auths\": {{\"{}\": {{\"auth\": \"{b64}\"}}}}}}",
+            s.registry.host()
+        ),
+    )
+    .unwrap();
+    // Without credentials: a clear error, nothing deployed.
+    let agent = s.start_agent(&s.config("tag = \"stable\"", &s.env(""), ""));
+    agent.wait_log("check failed").await;
+    assert!(s.running().await.is_none());
+    drop(agent);
+    // With them, the registry resolves and the engine pulls (X-Registry-Auth).
+    let cfg = s.config(
+        &format!("tag = \"stable\"\nauth_file = \"{}\"", auth_file.display()),
+        &s.env(""),
+        "",
+    );
+    let agent = s.start_agent(&cfg);
+    s.wait_running(&v1, "v1", &agent).await;
+    assert!(
+        !agent.log().contains("s3cret-pw"),
+        "a secret reached the log"
+    );
+}
+
+fn base64_encode(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_down_keeps_the_worker_and_recovers() {
+    let mut s = Setup::new("regdown");
+    let v1 = s.push("v1", "stable");
+    let agent = s.start_agent(&s.config("tag = \"stable\"", &s.env(""), ""));
+    s.wait_running(&v1, "v1", &agent).await;
+    let before = s.running().await.unwrap();
+    s.registry.stop();
+    agent.wait_log("check failed").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = s.running().await.expect("the worker keeps running");
+    assert_eq!(during.id, before.id);
+    s.registry.restart();
+    let v2 = s.push("v2", "stable");
+    s.wait_running(&v2, "v2", &agent).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_that_does_not_exist_leaves_the_worker() {
+    let s = Setup::new("notag");
+    let v1 = s.push("v1", "stable");
+    let agent = s.start_agent(&s.config("tag = \"stable\"", &s.env(""), ""));
+    s.wait_running(&v1, "v1", &agent).await;
+    s.wait_history(&v1, "success", &agent).await;
+    drop(agent);
+    let agent = s.start_agent(&s.config("tag = \"nosuchtag\"", &s.env(""), ""));
+    agent.wait_log("nosuchtag").await;
+    agent.wait_log("check failed").await;
+    let c = s.running().await.unwrap();
+    assert_eq!(c.digest.as_deref(), Some(v1.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_agent_leaves_the_worker_and_a_restart_adopts_it() {
+    let s = Setup::new("adopt");
+    let v1 = s.push("v1", "stable");
+    let cfg = s.config("tag = \"stable\"", &s.env(""), "");
+    let mut agent = s.start_agent(&cfg);
+    s.wait_running(&v1, "v1", &agent).await;
+    s.wait_history(&v1, "success", &agent).await;
+    let before = s.running().await.unwrap();
+    assert_eq!(agent.terminate(), Some(0));
+    let after = s.running().await.expect("the worker outlives the agent");
+    assert_eq!(after.id, before.id);
+
+    // State lost too: the agent adopts the running worker instead of replacing it.
+    std::fs::remove_file(s.state_dir().join("state.json")).unwrap();
+    let agent = s.start_agent(&cfg);
+    agent.wait_log("adopting the running managed worker").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let again = s.running().await.unwrap();
+    assert_eq!(again.id, before.id, "the worker was replaced");
+    assert_eq!(s.state()["current_digest"], v1);
+    let starts = s.events().iter().filter(|(_, _, e)| e == "start").count();
+    assert_eq!(starts, 1, "the worker was restarted: {:#?}", s.events());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_worker_is_started_again() {
+    let s = Setup::new("restartworker");
+    let v1 = s.push("v1", "stable");
+    let agent = s.start_agent(&s.config("tag = \"stable\"", &s.env(""), ""));
+    s.wait_running(&v1, "v1", &agent).await;
+    s.wait_history(&v1, "success", &agent).await;
+    let before = s.running().await.unwrap();
+    docker(&["stop", "-t", "1", &s.name]);
+    s.wait_running(&v1, "v1", &agent).await;
+    assert_eq!(
+        s.running().await.unwrap().id,
+        before.id,
+        "the same container is started again"
+    );
+    assert!(
+        agent.log().contains("starting the stopped worker"),
+        "{}",
+        agent.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_config_is_refused_with_key_and_file() {
+    let s = Setup::new("badconfig");
+    let good = s.config("tag = \"stable\"", &s.env(""), "");
+    let path = s.write_config(&good);
+    let ok = std::process::Command::new(env!("CARGO_BIN_EXE_gpu-agent"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+
+    let dropins = s.dir.path().join("agent.d");
+    std::fs::create_dir(&dropins).unwrap();
+    std::fs::write(
+        dropins.join("50-typo.toml"),
+        "[worker]\nstop_timout = \"5s\"\n",
+    )
+    .unwrap();
+    for sub in ["check-config", "run"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_gpu-agent"))
+            .args([sub, "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{sub}: {err}");
+        assert!(
+            err.contains("50-typo.toml") && err.contains("stop_timout"),
+            "{sub}: {err}"
+        );
+    }
+    std::fs::remove_file(dropins.join("50-typo.toml")).unwrap();
+    std::fs::write(dropins.join("60-range.toml"), "[image]\nversion = \"^2\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gpu-agent"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("image.version") && err.contains("60-range.toml"),
+        "{err}"
+    );
+    // Nothing was touched.
+    assert!(s.managed().await.is_empty());
+}
