@@ -15,3 +15,19 @@ pub mod worker;
 pub fn init_tls() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+
+/// An error and its causes on one line, for logs, status and history: many
+/// errors here keep the cause (e.g. "connection refused") in `source()` only.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}

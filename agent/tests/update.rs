@@ -399,3 +399,139 @@ async fn bad_config_is_refused_with_key_and_file() {
     // Nothing was touched.
     assert!(s.managed().await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpus_reach_the_engine_as_device_requests() {
+    let s = Setup::new("gpus");
+    let v1 = s.push("v1", "stable");
+    let cfg = s.config("tag = \"stable\"", &s.env(""), "").replace(
+        "gpus = \"all\"",
+        "gpus = [\"GPU-aaa\", \"GPU-bbb\"]\nports = [\"127.0.0.1:19999:9999\"]\nshm_size = \"64m\"",
+    );
+    let agent = s.start_agent(&cfg);
+    s.wait_running(&v1, "v1", &agent).await;
+    let reqs = docker(&[
+        "inspect",
+        "-f",
+        "{{json .HostConfig.DeviceRequests}}",
+        &s.name,
+    ]);
+    let reqs: serde_json::Value = serde_json::from_str(reqs.trim()).unwrap();
+    assert_eq!(
+        reqs[0]["DeviceIDs"],
+        serde_json::json!(["GPU-aaa", "GPU-bbb"]),
+        "{reqs}"
+    );
+    assert_eq!(reqs[0]["Capabilities"], serde_json::json!([["gpu"]]));
+    // The engine's nvidia driver handed the worker exactly those GPUs (in the
+    // environment of its first process, where the driver puts them).
+    let env = docker(&[
+        "exec",
+        &s.name,
+        "sh",
+        "-c",
+        "tr '\\0' '\\n' < /proc/1/environ",
+    ]);
+    assert!(
+        env.contains("NVIDIA_VISIBLE_DEVICES=GPU-aaa,GPU-bbb"),
+        "{env}"
+    );
+    assert!(env.contains(&format!("GPU_AGENT_DIGEST={v1}")), "{env}");
+    assert!(env.contains("GPU_AGENT_ID=test-gpus"), "{env}");
+    let host = docker(&[
+        "inspect",
+        "-f",
+        "{{json .HostConfig.PortBindings}} {{.HostConfig.ShmSize}}",
+        &s.name,
+    ]);
+    assert!(
+        host.contains("\"HostPort\":\"19999\"") && host.contains(&(64u64 << 20).to_string()),
+        "{host}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_images_are_pruned_keeping_the_last_good_ones() {
+    let s = Setup::new("prune");
+    // v1 is pushed before the agent runs, so the push helper's `docker rmi` of
+    // the tag cannot race the agent's pull of it.
+    let mut digests = vec![s.push("v1", "stable")];
+    let agent = s.start_agent(&s.config("tag = \"stable\"", &s.env(""), ""));
+    s.wait_history(&digests[0], "success", &agent).await;
+    for v in ["v2", "v3"] {
+        let d = s.push(v, "stable");
+        s.wait_history(&d, "success", &agent).await;
+        digests.push(d);
+    }
+    // What the agent removed (the test's own `docker rmi` of pushed tags also
+    // drops digest references, so the engine's listing alone would not tell).
+    // Pruning follows the commit (and its history entry): wait for it.
+    let v1_pruned = wait_for(WAIT, || async {
+        agent
+            .log()
+            .lines()
+            .any(|l| l.contains("pruned old worker image") && l.contains(&digests[0]))
+            .then_some(())
+    })
+    .await;
+    assert!(v1_pruned.is_some(), "v1 was not pruned:\n{}", agent.log());
+    let pruned: Vec<String> = agent
+        .log()
+        .lines()
+        .filter(|l| l.contains("pruned old worker image"))
+        .map(String::from)
+        .collect();
+    for keep in &digests[1..] {
+        assert!(
+            !pruned.iter().any(|l| l.contains(keep.as_str())),
+            "{keep} was pruned: {pruned:#?}"
+        );
+    }
+    let gone = std::process::Command::new("docker")
+        .env("DOCKER_HOST", docker_host())
+        .args([
+            "image",
+            "inspect",
+            &format!("{}@{}", s.image_repo(), digests[0]),
+        ])
+        .output()
+        .unwrap();
+    assert!(!gone.status.success(), "v1 is still there");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garbage_registry_answer_leaves_the_worker_and_the_files() {
+    use axum::routing::any;
+    let s = Setup::new("garbage");
+    let v1 = s.push("v1", "stable");
+    let cfg = s.config("tag = \"stable\"", &s.env(""), "");
+    let agent = s.start_agent(&cfg);
+    s.wait_history(&v1, "success", &agent).await;
+    drop(agent);
+    let before = s.running().await.unwrap();
+    let state = std::fs::read(s.state_dir().join("state.json")).unwrap();
+    let history = std::fs::read(s.state_dir().join("history.jsonl")).unwrap();
+
+    // A "registry" that answers 200 with no digest and a body of junk.
+    let app = axum::Router::new().fallback(any(|| async { "<html>not a registry</html>" }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let agent = s.start_agent(&cfg.replace(&s.registry.host(), &format!("127.0.0.1:{port}")));
+    agent.wait_log("check failed").await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert!(
+        agent.log().contains("digest"),
+        "the error says what was wrong:\n{}",
+        agent.log()
+    );
+    assert_eq!(s.running().await.unwrap().id, before.id);
+    assert_eq!(
+        std::fs::read(s.state_dir().join("state.json")).unwrap(),
+        state
+    );
+    assert_eq!(
+        std::fs::read(s.state_dir().join("history.jsonl")).unwrap(),
+        history
+    );
+}

@@ -71,7 +71,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     while let Err(e) = updater.reconcile().await {
         failures += 1;
         let wait = backoff(failures, RETRY_CAP);
-        error!(error = %e, retry_in = ?wait, "could not reconcile the worker with the journal");
+        error!(error = %crate::error_chain(&e), retry_in = ?wait, "could not reconcile the worker with the journal");
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.cancelled() => return Ok(()),
@@ -88,7 +88,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             _ = shutdown.cancelled() => break,
         }
         if let Err(e) = updater.ensure_running().await {
-            warn!(error = %e, "could not make sure the worker runs");
+            warn!(error = %crate::error_chain(&e), "could not make sure the worker runs");
         }
         match updater.check(trigger).await {
             Ok(outcome) => {
@@ -111,7 +111,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             Err(e) => {
                 failures += 1;
                 wait = backoff(failures, RETRY_CAP.min(poll)) + jitter(settings.image.poll_jitter);
-                error!(error = %e, attempt = failures, retry_in = ?wait, "check failed; the worker is left as it is");
+                error!(error = %crate::error_chain(&e), attempt = failures, retry_in = ?wait, "check failed; the worker is left as it is");
             }
         }
         trigger = Trigger::Poll;
@@ -131,7 +131,7 @@ async fn connect_engine(
             Err(e) => {
                 failures += 1;
                 let wait = backoff(failures, Duration::from_secs(30));
-                error!(error = %e, retry_in = ?wait, "docker engine not reachable");
+                error!(error = %crate::error_chain(&e), retry_in = ?wait, "docker engine not reachable");
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.cancelled() => return None,

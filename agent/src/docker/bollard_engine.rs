@@ -388,37 +388,31 @@ impl Engine for BollardEngine {
         let prefix = format!("{repository}@");
         let mut removed = 0;
         for img in images {
-            let ours: Vec<&String> = img
-                .repo_digests
-                .iter()
-                .filter(|d| d.starts_with(&prefix))
-                .collect();
-            if ours.is_empty()
-                || ours
-                    .iter()
-                    .any(|d| keep.iter().any(|k| d.ends_with(k.as_str())))
-            {
-                continue;
-            }
-            match self
-                .docker
-                .remove_image(
-                    &img.id,
-                    Some(RemoveImageOptions {
-                        force: false,
-                        noprune: false,
-                        ..Default::default()
-                    }),
-                    None,
-                )
-                .await
-            {
-                Ok(_) => {
-                    removed += 1;
-                    info!(image = %ours[0], "pruned old worker image");
+            for reference in img.repo_digests.iter().filter(|d| d.starts_with(&prefix)) {
+                if keep.iter().any(|k| reference.ends_with(k.as_str())) {
+                    continue;
                 }
-                // In use by a container (409) or used by another tag: leave it.
-                Err(e) => debug!(image = %ours[0], error = %e, "not pruned"),
+                // Remove our reference only: an image another name still uses stays,
+                // and one a container uses is refused (409) and left alone.
+                match self
+                    .docker
+                    .remove_image(
+                        reference,
+                        Some(RemoveImageOptions {
+                            force: false,
+                            noprune: false,
+                            ..Default::default()
+                        }),
+                        None,
+                    )
+                    .await
+                {
+                    Ok(_) => {
+                        removed += 1;
+                        info!(image = %reference, "pruned old worker image");
+                    }
+                    Err(e) => debug!(image = %reference, error = %e, "not pruned"),
+                }
             }
         }
         Ok(removed)

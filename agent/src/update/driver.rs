@@ -237,7 +237,7 @@ impl<E: Engine> Updater<E> {
                         self.verify_primary().await
                     }
                     Err(e) => Err(Failure {
-                        error: e.to_string(),
+                        error: crate::error_chain(&e),
                     }),
                 };
                 self.finish(&p, t0, outcome).await?;
@@ -368,7 +368,7 @@ impl<E: Engine> Updater<E> {
         let resolved = match resolved {
             Ok(r) => r,
             Err(e) => {
-                self.last_error = Some(e.to_string());
+                self.last_error = Some(crate::error_chain(&e));
                 self.set_phase(Phase::Idle);
                 return Err(e.into());
             }
@@ -411,7 +411,7 @@ impl<E: Engine> Updater<E> {
 
         // 1. Pre-pull and create the new container while the old one serves.
         if let Err(e) = self.prepare(target).await {
-            let msg = e.to_string();
+            let msg = crate::error_chain(&e);
             let n = self.pull_failures.entry(target.to_string()).or_default();
             *n += 1;
             let mark = !matches!(e, UpdateError::Engine(EngineError::Unreachable { .. }))
@@ -461,7 +461,7 @@ impl<E: Engine> Updater<E> {
                 self.verify_primary().await
             }
             Err(e) => Err(Failure {
-                error: e.to_string(),
+                error: crate::error_chain(&e),
             }),
         };
         self.finish(&p, t0, outcome).await
@@ -506,7 +506,7 @@ impl<E: Engine> Updater<E> {
 
     async fn remove_named(&self, name: &str) {
         if let Err(e) = self.engine.remove(name).await {
-            warn!(container = name, error = %e, "could not remove");
+            warn!(container = name, error = %crate::error_chain(&e), "could not remove");
         }
     }
 
@@ -671,7 +671,7 @@ impl<E: Engine> Updater<E> {
                 }
                 Err(e) => {
                     return Err(Failure {
-                        error: e.to_string(),
+                        error: crate::error_chain(&e),
                     })
                 }
             };
@@ -841,7 +841,7 @@ impl<E: Engine> Updater<E> {
         {
             Ok(n) if n > 0 => info!(removed = n, "pruned old worker images"),
             Ok(_) => {}
-            Err(e) => warn!(error = %e, "could not prune old images"),
+            Err(e) => warn!(error = %crate::error_chain(&e), "could not prune old images"),
         }
     }
 }

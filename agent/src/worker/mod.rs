@@ -66,7 +66,7 @@ impl WorkerClient {
             .map_err(|e| ProbeError::Request {
                 method: name,
                 url: url.to_string(),
-                message: error_chain(&e),
+                message: crate::error_chain(&e),
             })?;
         let status = r.status();
         let body = r.text().await.unwrap_or_default();
@@ -117,19 +117,4 @@ impl Default for WorkerClient {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// The error and its causes on one line (reqwest hides the useful part in sources).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
 }
