@@ -535,3 +535,57 @@ async fn a_garbage_registry_answer_leaves_the_worker_and_the_files() {
         history
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oci_index_is_deployed_by_its_own_digest() {
+    let s = Setup::new("ociindex");
+    // Push v1, then put an OCI image index over it under the followed tag.
+    s.push("v1", "single");
+    let base = format!("http://{}/v2/{}/manifests", s.registry.host(), s.repo);
+    let http = reqwest::Client::new();
+    let child = http
+        .get(format!("{base}/single"))
+        .header(
+            "Accept",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        )
+        .send()
+        .await
+        .unwrap();
+    let child_type = child.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let child_digest = child.headers()["docker-content-digest"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let child_len = child.bytes().await.unwrap().len();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": child_type, "digest": child_digest, "size": child_len,
+            "platform": {"architecture": "amd64", "os": "linux"}
+        }]
+    });
+    let put = http
+        .put(format!("{base}/stable"))
+        .header("Content-Type", "application/vnd.oci.image.index.v1+json")
+        .body(serde_json::to_vec(&index).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "{:?}", put.text().await);
+    let index_digest = put.headers()["docker-content-digest"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(index_digest, child_digest);
+
+    let agent = s.start_agent(&s.config("tag = \"stable\"", &s.env(""), ""));
+    // The worker runs and is labelled with the index digest, not the child's.
+    s.wait_running(&index_digest, "v1", &agent).await;
+    s.wait_history(&index_digest, "success", &agent).await;
+    assert_eq!(s.health().await.unwrap()["digest"], index_digest);
+}
