@@ -39,7 +39,11 @@ async fn a_tag_move_swaps_the_worker() {
     assert_eq!(st["last_good_digest"], v2);
     assert!(st["pending"].is_null());
     // Only the new worker is left; the old container is gone after commit.
-    assert_eq!(s.managed().await.len(), 1, "{:#?}", s.managed().await);
+    let one = wait_for(WAIT, || async {
+        (s.managed().await.len() == 1).then_some(())
+    })
+    .await;
+    assert!(one.is_some(), "{:#?}", s.managed().await);
     // The image is deployed by digest, never by tag.
     let image = docker(&["inspect", "-f", "{{.Config.Image}}", &s.name]);
     assert_eq!(image.trim(), format!("{}@{v2}", s.image_repo()));
@@ -588,4 +592,115 @@ async fn an_oci_index_is_deployed_by_its_own_digest() {
     s.wait_running(&index_digest, "v1", &agent).await;
     s.wait_history(&index_digest, "success", &agent).await;
     assert_eq!(s.health().await.unwrap()["digest"], index_digest);
+}
+
+/// Uploads `bytes` as a blob of `repo` (monolithic POST + PUT); returns its digest.
+async fn upload_blob(http: &reqwest::Client, registry: &str, repo: &str, bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    let digest = format!(
+        "sha256:{}",
+        sha2::Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    let start = http
+        .post(format!("http://{registry}/v2/{repo}/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    let location = start.headers()["location"].to_str().unwrap().to_string();
+    let mut url = url::Url::parse(&format!("http://{registry}"))
+        .unwrap()
+        .join(&location)
+        .unwrap();
+    url.query_pairs_mut().append_pair("digest", &digest);
+    let put = http.put(url).body(bytes.to_vec()).send().await.unwrap();
+    assert_eq!(put.status().as_u16(), 201);
+    digest
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_digest_that_will_not_pull_is_retried_then_marked_bad() {
+    let s = Setup::new("nopull");
+    let v1 = s.push("v1", "stable");
+    let agent = s.start_agent(&s.config("tag = \"stable\"", &s.env(""), ""));
+    s.wait_history(&v1, "success", &agent).await;
+    let before = s.running().await.unwrap();
+
+    // An image whose layer the registry has lost: the manifest resolves, the pull fails.
+    let http = reqwest::Client::new();
+    let host = s.registry.host();
+    let layer = upload_blob(
+        &http,
+        &host,
+        &s.repo,
+        format!("lost layer {}", s.port).as_bytes(),
+    )
+    .await;
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [layer]}
+    });
+    let config_bytes = serde_json::to_vec(&config).unwrap();
+    let config_digest = upload_blob(&http, &host, &s.repo, &config_bytes).await;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                   "digest": config_digest, "size": config_bytes.len()},
+        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                    "digest": layer, "size": 10 + s.port.to_string().len()}]
+    });
+    let put = http
+        .put(format!("http://{host}/v2/{}/manifests/stable", s.repo))
+        .header(
+            "Content-Type",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        )
+        .body(serde_json::to_vec(&manifest).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status().as_u16(), 201, "{:?}", put.text().await);
+    let lost = put.headers()["docker-content-digest"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let del = http
+        .delete(format!("http://{host}/v2/{}/blobs/{layer}", s.repo))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status().as_u16(), 202);
+
+    // Three failed pulls, then the digest is marked bad; the worker was never touched.
+    let marked = wait_for(WAIT, || async {
+        s.state()["bad_digests"]
+            .as_array()?
+            .iter()
+            .any(|b| b["digest"] == lost)
+            .then_some(())
+    })
+    .await;
+    assert!(marked.is_some(), "never marked bad:\n{}", agent.log());
+    let failed: Vec<_> = s
+        .history()
+        .into_iter()
+        .filter(|e| e["to"] == lost)
+        .collect();
+    assert_eq!(failed.len(), 3, "{failed:#?}");
+    assert!(failed.iter().all(|e| e["outcome"] == "failed"));
+    assert!(
+        failed[0]["error"].as_str().unwrap().contains("pulling"),
+        "{failed:#?}"
+    );
+    assert_eq!(s.running().await.unwrap().id, before.id);
+    assert_eq!(s.state()["current_digest"], v1);
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(
+        s.history().iter().filter(|e| e["to"] == lost).count(),
+        3,
+        "retried after the mark"
+    );
 }

@@ -329,8 +329,7 @@ impl<E: Engine> Updater<E> {
                     self.engine.remove(&c.id).await?;
                 }
                 info!(digest = %target, "no worker runs: starting the last good digest");
-                self.pull_if_missing(&target).await?;
-                let id = self.engine.create(&name, &self.spec(&target)).await?;
+                let id = self.create_pulled(&name, &target).await?;
                 self.engine.start(&id).await?;
             }
         }
@@ -352,6 +351,21 @@ impl<E: Engine> Updater<E> {
             .await?;
         self.engine.pull(&image, creds).await?;
         Ok(())
+    }
+
+    /// Creates the container for `digest`, pulling the image first if it is
+    /// missing. An image removed between the check and the create (a prune by
+    /// someone else) is pulled again once instead of failing the update.
+    async fn create_pulled(&self, name: &str, digest: &str) -> Result<String, UpdateError> {
+        self.pull_if_missing(digest).await?;
+        match self.engine.create(name, &self.spec(digest)).await {
+            Err(e) if e.is_not_found() => {
+                warn!(digest, error = %e, "image vanished before create; pulling it again");
+                self.pull_if_missing(digest).await?;
+                Ok(self.engine.create(name, &self.spec(digest)).await?)
+            }
+            r => Ok(r?),
+        }
     }
 
     /// Resolves the configured tag or range and updates if the digest is new.
@@ -414,12 +428,10 @@ impl<E: Engine> Updater<E> {
             let msg = crate::error_chain(&e);
             let n = self.pull_failures.entry(target.to_string()).or_default();
             *n += 1;
-            let mark = !matches!(e, UpdateError::Engine(EngineError::Unreachable { .. }))
-                && (*n >= PULL_FAILURES_BEFORE_BAD
-                    || matches!(
-                        e,
-                        UpdateError::Engine(EngineError::Call { op: "create", .. })
-                    ));
+            // An engine or registry that is down says nothing about the image.
+            let mark = *n >= PULL_FAILURES_BEFORE_BAD
+                && !matches!(e, UpdateError::Engine(EngineError::Unreachable { .. }))
+                && !matches!(&e, UpdateError::Registry(r) if r.is_transient());
             warn!(digest = %target, error = %msg, attempt = *n, "could not prepare the new worker; the old one keeps serving");
             self.remove_named(&self.next_name()).await;
             if mark {
@@ -491,7 +503,6 @@ impl<E: Engine> Updater<E> {
 
     /// Pulls `target` if needed and creates its container as `<name>-next`.
     async fn prepare(&self, target: &str) -> Result<(), UpdateError> {
-        self.pull_if_missing(target).await?;
         let next = self.next_name();
         self.remove_named(&next).await;
         // A leftover container of the same digest (an earlier failed try) is in the way too.
@@ -500,7 +511,7 @@ impl<E: Engine> Updater<E> {
                 self.engine.remove(&c.id).await?;
             }
         }
-        self.engine.create(&next, &self.spec(target)).await?;
+        self.create_pulled(&next, target).await?;
         Ok(())
     }
 
@@ -624,11 +635,7 @@ impl<E: Engine> Updater<E> {
         let new = match cs.iter().find(|c| c.digest.as_deref() == Some(to)) {
             Some(c) => c.clone(),
             None => {
-                self.pull_if_missing(to).await?;
-                let id = self
-                    .engine
-                    .create(&self.next_name(), &self.spec(to))
-                    .await?;
+                let id = self.create_pulled(&self.next_name(), to).await?;
                 self.engine
                     .inspect(&id)
                     .await?
@@ -795,8 +802,7 @@ impl<E: Engine> Updater<E> {
             }
             None => {
                 self.remove_named(&name).await;
-                self.pull_if_missing(&from).await?;
-                let id = self.engine.create(&name, &self.spec(&from)).await?;
+                let id = self.create_pulled(&name, &from).await?;
                 self.engine.start(&id).await?;
             }
         }
