@@ -704,3 +704,102 @@ async fn a_digest_that_will_not_pull_is_retried_then_marked_bad() {
         "retried after the mark"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_with_the_worker_name_that_is_not_ours_is_left_alone() {
+    let s = Setup::new("foreign");
+    s.push("v1", "stable");
+    // Someone runs a container under the worker's name by hand.
+    let port = s.port.to_string();
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &s.name,
+        "--network",
+        "host",
+        "-e",
+        &format!("PORT={port}"),
+        &image("v2"),
+    ]);
+    let before = docker(&["inspect", "-f", "{{.Id}} {{.State.StartedAt}}", &s.name]);
+    let agent = s.start_agent(&s.config("tag = \"stable\"", &s.env(""), ""));
+    agent.wait_log("this agent does not manage").await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let after = docker(&["inspect", "-f", "{{.Id}} {{.State.StartedAt}}", &s.name]);
+    assert_eq!(before, after, "the hand-run container was touched");
+    assert!(s.managed().await.is_empty(), "{:#?}", s.managed().await);
+    assert!(!s.events().iter().any(|(_, _, e)| e == "drain"));
+    docker(&["rm", "-f", &s.name]);
+    // Once the name is free, the agent deploys.
+    agent.wait_log("new digest").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_state_file_keeps_the_worker_and_the_bad_marks() {
+    let s = Setup::new("corrupt");
+    let v1 = s.push("v1", "stable");
+    let cfg = s.config("tag = \"stable\"", &s.env(""), "");
+    let mut agent = s.start_agent(&cfg);
+    s.wait_history(&v1, "success", &agent).await;
+    let bad = s.push("broken", "stable");
+    s.wait_history(&bad, "rolled_back", &agent).await;
+    agent.kill9();
+    let before = s.running().await.unwrap();
+    std::fs::write(
+        s.state_dir().join("state.json"),
+        b"{\"current_digest\": \"sha256:tr",
+    )
+    .unwrap();
+
+    let agent = s.start_agent(&cfg);
+    agent.wait_log("state rebuilt from the history").await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let st = s.state();
+    assert_eq!(st["last_good_digest"], v1, "{st}");
+    assert_eq!(st["current_digest"], v1, "{st}");
+    assert!(
+        st["bad_digests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["digest"] == bad),
+        "{st}"
+    );
+    assert_eq!(
+        s.running().await.unwrap().id,
+        before.id,
+        "the worker was replaced"
+    );
+    assert_eq!(
+        s.history().iter().filter(|e| e["to"] == bad).count(),
+        1,
+        "the bad digest was retried"
+    );
+    let kept = std::fs::read_dir(s.state_dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("state.json.corrupt-")
+        });
+    assert!(kept, "the corrupt file was not kept aside");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_ignores_sigterm_is_killed_after_stop_timeout() {
+    let s = Setup::new("slowstop");
+    let old = s.push("slowstop", "stable");
+    let cfg = s
+        .config("tag = \"stable\"", &s.env(""), "")
+        .replace("stop_timeout = \"5s\"", "stop_timeout = \"2s\"");
+    let agent = s.start_agent(&cfg);
+    s.wait_history(&old, "success", &agent).await;
+    let v2 = s.push("v2", "stable");
+    s.wait_running(&v2, "v2", &agent).await;
+    let e = s.wait_history(&v2, "success", &agent).await;
+    // SIGTERM ignored, SIGKILL after 2 s: the downtime holds the whole stop_timeout.
+    let downtime = e["downtime_ms"].as_u64().unwrap();
+    assert!(downtime >= 2000, "{e}");
+}

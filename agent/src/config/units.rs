@@ -21,10 +21,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "duration {s:?} has no unit: write e.g. \"{t}s\" or \"{t}m\""
         ));
     }
-    humantime::parse_duration(t).map_err(|e| {
+    let d = humantime::parse_duration(t).map_err(|e| {
         format!("invalid duration {s:?} ({e}): write e.g. \"90s\", \"5m\" or \"1h30m\"")
-    })
+    })?;
+    if d > MAX_DURATION {
+        return Err(format!("duration {s:?} is longer than a year"));
+    }
+    Ok(d)
 }
+
+/// No duration in the config may be longer (it would overflow the clocks it is added to).
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 impl<'de> Deserialize<'de> for DurationStr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -107,6 +114,10 @@ mod tests {
             .unwrap_err()
             .contains("invalid duration"));
         assert!(parse_duration("").is_err());
+        assert!(parse_duration("600000000000y").is_err());
+        assert!(parse_duration("366d")
+            .unwrap_err()
+            .contains("longer than a year"));
     }
 
     #[test]

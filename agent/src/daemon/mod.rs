@@ -87,8 +87,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.cancelled() => break,
         }
-        if let Err(e) = updater.ensure_running().await {
-            warn!(error = %crate::error_chain(&e), "could not make sure the worker runs");
+        // Resume an update an error left midway, else make sure the worker runs.
+        if let Err(e) = updater.reconcile().await {
+            warn!(error = %crate::error_chain(&e), "could not reconcile the worker with the journal");
         }
         match updater.check(trigger).await {
             Ok(outcome) => {

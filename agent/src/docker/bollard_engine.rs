@@ -123,6 +123,7 @@ fn to_container(r: bollard::models::ContainerInspectResponse) -> Container {
             .trim_start_matches('/')
             .to_string(),
         digest: labels.get(LABEL_DIGEST).cloned(),
+        agent: labels.get(LABEL_AGENT).cloned(),
         running: state.running.unwrap_or(false),
         restarting: state.restarting.unwrap_or(false),
         status: state.status.map(|s| s.to_string()).unwrap_or_default(),
@@ -276,26 +277,27 @@ impl Engine for BollardEngine {
 
     async fn stop(&self, id: &str, timeout: Duration) -> Result<(), EngineError> {
         let secs = timeout.as_secs().min(i32::MAX as u64) as i32;
-        let call = self.docker.stop_container(
-            id,
-            Some(StopContainerOptions {
-                t: Some(secs),
-                signal: None,
-            }),
-        );
-        // The engine waits up to `timeout` before SIGKILL; allow for it.
-        match tokio::time::timeout(timeout + REQUEST_TIMEOUT, call).await {
-            Err(_) => Err(EngineError::Timeout {
-                op: "stop",
-                target: id.to_string(),
-                secs: (timeout + REQUEST_TIMEOUT).as_secs(),
-            }),
-            // 304: already stopped.
-            Ok(Err(BollardError::DockerResponseServerError {
-                status_code: 304, ..
-            })) => Ok(()),
-            Ok(r) => r.map_err(|e| self.err("stop", id, e)),
-        }
+        // The engine answers only once the container is down (up to `timeout`
+        // before SIGKILL): the request may take that long plus the usual margin.
+        self.docker
+            .clone()
+            .with_timeout(timeout + REQUEST_TIMEOUT)
+            .stop_container(
+                id,
+                Some(StopContainerOptions {
+                    t: Some(secs),
+                    signal: None,
+                }),
+            )
+            .await
+            .map_err(|e| match self.err("stop", id, e) {
+                EngineError::Timeout { op, target, .. } => EngineError::Timeout {
+                    op,
+                    target,
+                    secs: (timeout + REQUEST_TIMEOUT).as_secs(),
+                },
+                e => e,
+            })
     }
 
     async fn remove(&self, id: &str) -> Result<(), EngineError> {
@@ -385,10 +387,21 @@ impl Engine for BollardEngine {
             }))
             .await
             .map_err(|e| self.err("list images", repository, e))?;
-        let prefix = format!("{repository}@");
+        // The engine may name Docker Hub images short: "acme/w@…", "ubuntu@…".
+        let mut prefixes = vec![format!("{repository}@")];
+        if let Some(short) = repository.strip_prefix("docker.io/") {
+            prefixes.push(format!("{short}@"));
+            if let Some(shorter) = short.strip_prefix("library/") {
+                prefixes.push(format!("{shorter}@"));
+            }
+        }
         let mut removed = 0;
         for img in images {
-            for reference in img.repo_digests.iter().filter(|d| d.starts_with(&prefix)) {
+            for reference in img
+                .repo_digests
+                .iter()
+                .filter(|d| prefixes.iter().any(|p| d.starts_with(p.as_str())))
+            {
                 if keep.iter().any(|k| reference.ends_with(k.as_str())) {
                     continue;
                 }

@@ -39,6 +39,8 @@ pub struct Container {
     /// Without the leading `/`.
     pub name: String,
     pub digest: Option<String>,
+    /// The `gpu-agent.agent` label: which agent manages it (`None`: no agent does).
+    pub agent: Option<String>,
     pub running: bool,
     pub restarting: bool,
     /// `created`, `running`, `exited`, ... as the engine says.
@@ -83,6 +85,36 @@ impl EngineError {
                 ..
             }
         )
+    }
+
+    /// The engine could not be reached or did not answer in time: a fact about
+    /// the engine, never about the image being deployed.
+    pub fn is_engine_down(&self) -> bool {
+        matches!(
+            self,
+            EngineError::Unreachable { .. } | EngineError::Timeout { .. }
+        )
+    }
+
+    /// A pull failure that will not go away by trying again: the registry does
+    /// not have the image (or a blob of it), or refuses us. Rate limits, full
+    /// disks, stalls and network errors are not.
+    pub fn is_permanent_pull_failure(&self) -> bool {
+        let EngineError::Pull { message, .. } = self else {
+            return false;
+        };
+        let m = message.to_ascii_lowercase();
+        [
+            "manifest unknown",
+            "not found",
+            "blob unknown",
+            "unknown blob",
+            "denied",
+            "unauthorized",
+            "no matching manifest",
+        ]
+        .iter()
+        .any(|p| m.contains(p))
     }
 }
 

@@ -27,8 +27,10 @@ use crate::docker::{Container, Engine, EngineError, HealthState, WorkerSpec};
 use crate::registry::{RegistryClient, RegistryError};
 use crate::worker::WorkerClient;
 
-/// Consecutive pull failures of one digest after which it is marked bad.
-const PULL_FAILURES_BEFORE_BAD: u32 = 3;
+/// Failures of one digest not plainly its own fault (a pull the registry
+/// refuses, a container the engine will not create or start) after which it is
+/// marked bad anyway, so that a persistent problem does not loop.
+const STRIKES_BEFORE_BAD: u32 = 3;
 /// How often verification looks at the new worker before it is first healthy.
 const VERIFY_POLL_FAST: Duration = Duration::from_millis(100);
 /// ... and while it must stay healthy.
@@ -44,6 +46,12 @@ pub enum UpdateError {
     Engine(#[from] EngineError),
     #[error(transparent)]
     Journal(#[from] JournalError),
+    #[error("a container named {name} exists that this agent does not manage (its gpu-agent.agent label is {label}, this agent is {agent_id}); it was left alone: remove or rename it, or set worker.name to another name")]
+    NameTaken {
+        name: String,
+        label: String,
+        agent_id: String,
+    },
 }
 
 /// What one check led to.
@@ -65,9 +73,44 @@ pub enum CheckOutcome {
     Failed(String),
 }
 
+/// Whose fault a failed swap was, which decides whether the digest is marked bad.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Blame {
+    /// The new worker itself failed (exited, restarted, unhealthy): mark it bad now.
+    Image,
+    /// Something went wrong around it (an engine call refused): count a strike;
+    /// three in a row mark it bad, so a persistent problem does not loop.
+    Strike,
+    /// The engine was unreachable or timed out: says nothing about the image.
+    None,
+}
+
 /// The outcome of a swap attempt that did not commit.
 struct Failure {
     error: String,
+    blame: Blame,
+}
+
+impl Failure {
+    fn image(error: String) -> Self {
+        Failure {
+            error,
+            blame: Blame::Image,
+        }
+    }
+
+    fn from_error(e: &UpdateError) -> Self {
+        let blame = match e {
+            UpdateError::Engine(e) if e.is_engine_down() => Blame::None,
+            UpdateError::Registry(r) if r.is_transient() => Blame::None,
+            UpdateError::Journal(_) => Blame::None,
+            _ => Blame::Strike,
+        };
+        Failure {
+            error: crate::error_chain(e),
+            blame,
+        }
+    }
 }
 
 pub struct Updater<E: Engine> {
@@ -81,7 +124,7 @@ pub struct Updater<E: Engine> {
     machine: Machine,
     last_error: Option<String>,
     last_check: Option<OffsetDateTime>,
-    pull_failures: HashMap<String, u32>,
+    strikes: HashMap<String, u32>,
     shutdown: CancellationToken,
 }
 
@@ -94,7 +137,17 @@ impl<E: Engine> Updater<E> {
         shutdown: CancellationToken,
     ) -> Result<Self, UpdateError> {
         let journal = Journal::open(&settings.agent.state_dir)?;
-        let (state, _recovered) = journal.load()?;
+        let (mut state, recovered) = journal.load()?;
+        if recovered {
+            // Keep what the history knows: the good digests and the bad marks.
+            state.rebuild_from(&journal.history()?);
+            journal.save(&state)?;
+            warn!(
+                last_good = state.last_good_digest.as_deref().unwrap_or("-"),
+                bad = state.bad_digests.len(),
+                "state rebuilt from the history"
+            );
+        }
         Ok(Updater {
             engine,
             registry,
@@ -106,7 +159,7 @@ impl<E: Engine> Updater<E> {
             machine: Machine::default(),
             last_error: None,
             last_check: None,
-            pull_failures: HashMap::new(),
+            strikes: HashMap::new(),
             shutdown,
         })
     }
@@ -205,59 +258,84 @@ impl<E: Engine> Updater<E> {
         });
     }
 
-    /// Brings the engine in line with the journal after a start: finishes or
-    /// rolls back an interrupted update, adopts a running managed worker,
-    /// starts the last good digest when nothing runs.
+    /// Brings the engine in line with the journal: finishes or rolls back an
+    /// interrupted update (after a crash, or an error midway), adopts a running
+    /// managed worker, starts the last good digest when nothing runs. Run at
+    /// start and before every check.
     pub async fn reconcile(&mut self) -> Result<(), UpdateError> {
         let Some(p) = self.state.pending.clone() else {
             return self.ensure_running().await;
         };
         warn!(from = p.from.as_deref().unwrap_or("-"), to = %p.to, step = ?p.step,
-              "resuming an update interrupted by an agent restart");
+              "resuming an interrupted update");
+        let old_running = match &p.from {
+            Some(from) => self
+                .engine
+                .list_managed()
+                .await?
+                .iter()
+                .any(|c| c.running && c.digest.as_deref() == Some(from.as_str())),
+            None => false,
+        };
         match p.step {
-            Step::Pulling | Step::Draining => {
-                // The old worker was never stopped: give it back its jobs and drop the new one.
-                self.abort_prepared(
-                    &p,
-                    format!(
-                        "the agent restarted while {:?}; the old worker was kept",
-                        p.step
-                    )
-                    .to_lowercase(),
-                )
-                .await?;
-                self.ensure_running().await
-            }
+            // The old worker was never stopped (or came back with a reboot before
+            // the swap stopped it): give it back its jobs, drop the new one, retry later.
+            Step::Pulling | Step::Draining => self.abort_interrupted(&p).await,
+            Step::Swapping if old_running => self.abort_interrupted(&p).await,
             Step::Swapping | Step::Verifying => {
                 self.set_phase(Phase::of_step(p.step));
-                let t0 = Instant::now();
-                let outcome = match self.swap(p.from.as_deref(), &p.to).await {
-                    Ok(()) => {
-                        self.set_step(Step::Verifying)?;
-                        self.verify_primary().await
-                    }
-                    Err(e) => Err(Failure {
-                        error: crate::error_chain(&e),
-                    }),
-                };
-                self.finish(&p, t0, outcome).await?;
+                self.swap_and_verify(&p).await?;
                 Ok(())
             }
             Step::RollingBack => {
                 let error = p
                     .error
                     .clone()
-                    .unwrap_or_else(|| "the agent restarted during a rollback".into());
-                self.rollback(&p, error).await?;
+                    .unwrap_or_else(|| "interrupted during a rollback".into());
+                // The blame was settled (and any mark saved) when the rollback began.
+                self.rollback(
+                    &p,
+                    Failure {
+                        error,
+                        blame: Blame::None,
+                    },
+                )
+                .await?;
                 Ok(())
             }
         }
     }
 
+    async fn abort_interrupted(&mut self, p: &Pending) -> Result<(), UpdateError> {
+        let step = format!("{:?}", p.step).to_lowercase();
+        self.abort_prepared(
+            p,
+            format!("interrupted while {step}; the old worker was kept"),
+        )
+        .await?;
+        self.ensure_running().await
+    }
+
+    /// Refuses to touch a container holding the worker's name that another
+    /// agent (or nobody) manages.
+    async fn check_name_is_ours(&self, name: &str) -> Result<(), UpdateError> {
+        match self.engine.inspect(name).await? {
+            Some(c) if c.agent.as_deref() != Some(self.settings.agent.id.as_str()) => {
+                Err(UpdateError::NameTaken {
+                    name: name.to_string(),
+                    label: c.agent.unwrap_or_else(|| "missing".into()),
+                    agent_id: self.settings.agent.id.clone(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Makes sure exactly one managed worker runs the current digest (unless drained).
     pub async fn ensure_running(&mut self) -> Result<(), UpdateError> {
-        let cs = self.engine.list_managed().await?;
         let name = self.name().to_string();
+        self.check_name_is_ours(&name).await?;
+        let cs = self.engine.list_managed().await?;
         let target = self
             .state
             .current_digest
@@ -322,7 +400,13 @@ impl<E: Engine> Updater<E> {
                 self.engine
                     .set_restart(&c.id, &self.worker.restart, self.worker.restart_max_retries)
                     .await?;
-                self.engine.start(&c.id).await?;
+                if let Err(e) = self.engine.start(&c.id).await {
+                    // Its devices or network may be gone: build it afresh from the spec.
+                    warn!(error = %crate::error_chain(&e), "the stopped worker does not start; recreating it");
+                    self.engine.remove(&c.id).await?;
+                    let id = self.create_pulled(&name, &target).await?;
+                    self.engine.start(&id).await?;
+                }
             }
             other => {
                 if let Some(c) = other {
@@ -370,6 +454,9 @@ impl<E: Engine> Updater<E> {
 
     /// Resolves the configured tag or range and updates if the digest is new.
     pub async fn check(&mut self, trigger: Trigger) -> Result<CheckOutcome, UpdateError> {
+        if self.state.pending.is_some() {
+            self.reconcile().await?;
+        }
         if self.state.drained {
             return Ok(CheckOutcome::Held("drained"));
         }
@@ -426,18 +513,21 @@ impl<E: Engine> Updater<E> {
         // 1. Pre-pull and create the new container while the old one serves.
         if let Err(e) = self.prepare(target).await {
             let msg = crate::error_chain(&e);
-            let n = self.pull_failures.entry(target.to_string()).or_default();
-            *n += 1;
-            // An engine or registry that is down says nothing about the image.
-            let mark = *n >= PULL_FAILURES_BEFORE_BAD
-                && !matches!(e, UpdateError::Engine(EngineError::Unreachable { .. }))
-                && !matches!(&e, UpdateError::Registry(r) if r.is_transient());
-            warn!(digest = %target, error = %msg, attempt = *n, "could not prepare the new worker; the old one keeps serving");
+            // A registry or engine that is down, a rate limit or a full disk say
+            // nothing about the image; a registry that has not got it, or an
+            // engine that will not create it, does.
+            let counts = match &e {
+                UpdateError::Engine(e) => {
+                    e.is_permanent_pull_failure()
+                        || matches!(e, EngineError::Call { op: "create", .. })
+                }
+                UpdateError::Registry(r) => !r.is_transient(),
+                _ => false,
+            };
+            let marked = counts && self.strike(target, &msg);
+            warn!(digest = %target, error = %msg, counted = counts, marked_bad = marked,
+                  "could not prepare the new worker; the old one keeps serving");
             self.remove_named(&self.next_name()).await;
-            if mark {
-                self.state.mark_bad(target, &msg, OffsetDateTime::now_utc());
-                self.pull_failures.remove(target);
-            }
             self.state.pending = None;
             self.save()?;
             self.history(&p, Outcome::Failed, Some(msg.clone()), None);
@@ -449,7 +539,6 @@ impl<E: Engine> Updater<E> {
             });
             return Ok(CheckOutcome::Failed(msg));
         }
-        self.pull_failures.remove(target);
         failpoint::hit("after-pull").await;
 
         // 2. Drain the old worker.
@@ -465,39 +554,51 @@ impl<E: Engine> Updater<E> {
 
         // 3. Swap, 4. verify, 5. commit or roll back.
         self.set_step(Step::Swapping)?;
+        self.swap_and_verify(&p).await
+    }
+
+    /// Counts a strike against `digest`; marks it bad at the third. Returns
+    /// whether it is now marked.
+    fn strike(&mut self, digest: &str, reason: &str) -> bool {
+        let n = self.strikes.entry(digest.to_string()).or_default();
+        *n += 1;
+        if *n < STRIKES_BEFORE_BAD {
+            return false;
+        }
+        self.strikes.remove(digest);
+        self.state.mark_bad(
+            digest,
+            &format!("{reason} ({STRIKES_BEFORE_BAD} times)"),
+            OffsetDateTime::now_utc(),
+        );
+        true
+    }
+
+    /// Steps 3 to 5, from the swap on (also where a resumed update goes on).
+    async fn swap_and_verify(&mut self, p: &Pending) -> Result<CheckOutcome, UpdateError> {
         let t0 = Instant::now();
-        let outcome = match self.swap(p.from.as_deref(), target).await {
+        let outcome = match self.swap(p.from.as_deref(), &p.to).await {
             Ok(()) => {
                 failpoint::hit("after-start").await;
                 self.set_step(Step::Verifying)?;
                 self.verify_primary().await
             }
-            Err(e) => Err(Failure {
-                error: crate::error_chain(&e),
-            }),
+            Err(e) => Err(Failure::from_error(&e)),
         };
-        self.finish(&p, t0, outcome).await
-    }
-
-    async fn finish(
-        &mut self,
-        p: &Pending,
-        t0: Instant,
-        outcome: Result<Instant, Failure>,
-    ) -> Result<CheckOutcome, UpdateError> {
         match outcome {
             Ok(healthy_at) => {
                 let downtime = healthy_at.saturating_duration_since(t0).as_millis() as u64;
                 self.state.commit(&p.to);
                 self.state.pending = None;
                 self.save()?;
+                self.strikes.remove(&p.to);
                 self.history(p, Outcome::Success, None, Some(downtime));
                 self.last_error = None;
                 self.set_phase(Phase::Idle);
                 self.cleanup_after_commit().await;
                 Ok(CheckOutcome::Updated(p.to.clone()))
             }
-            Err(f) => self.rollback(p, f.error).await,
+            Err(f) => self.rollback(p, f).await,
         }
     }
 
@@ -588,7 +689,8 @@ impl<E: Engine> Updater<E> {
         warn!(reason = %reason, "update aborted; the old worker keeps serving");
         if let Some(url) = self.worker.drain.http.clone() {
             if let Err(e) = self.probe.drain_cancel(&url).await {
-                debug!(error = %e, "drain cancel (not every worker supports it)");
+                warn!(error = %e, "could not tell the old worker to take jobs again (DELETE on the drain endpoint); \
+                      it keeps running, but may refuse new jobs until it is restarted");
             }
         }
         for c in self.engine.list_managed().await? {
@@ -668,19 +770,34 @@ impl<E: Engine> Updater<E> {
         let mut healthy_since: Option<Instant> = None;
         let mut restarts: Option<i64> = None;
         let mut last_problem = String::from("no answer yet");
+        let mut engine_trouble = false;
         loop {
             let c = match self.engine.inspect(&name).await {
-                Ok(Some(c)) => c,
+                Ok(Some(c)) => Some(c),
                 Ok(None) => {
                     return Err(Failure {
                         error: format!("container {name} vanished"),
+                        blame: Blame::Strike,
                     })
                 }
-                Err(e) => {
+                // The engine being slow or restarting is not the worker's fault:
+                // keep looking until the deadline.
+                Err(e) if e.is_engine_down() => {
+                    last_problem = crate::error_chain(&e);
+                    engine_trouble = true;
+                    None
+                }
+                Err(e) => return Err(Failure::from_error(&e.into())),
+            };
+            let Some(c) = c else {
+                if Instant::now().duration_since(start) >= h.timeout + h.stable_for {
                     return Err(Failure {
-                        error: crate::error_chain(&e),
-                    })
+                        error: format!("could not verify the new worker: {last_problem}"),
+                        blame: Blame::None,
+                    });
                 }
+                tokio::time::sleep(VERIFY_POLL_STABLE).await;
+                continue;
             };
             let base = *restarts.get_or_insert(c.restart_count);
             if !c.running || c.restarting || c.restart_count > base {
@@ -696,7 +813,13 @@ impl<E: Engine> Updater<E> {
                 if !logs.is_empty() {
                     error.push_str(&format!("; last output: {}", logs.replace('\n', " | ")));
                 }
-                return Err(Failure { error });
+                // An engine that went away takes its containers with it.
+                let blame = if engine_trouble {
+                    Blame::None
+                } else {
+                    Blame::Image
+                };
+                return Err(Failure { error, blame });
             }
             let healthy = if let Some(url) = &h.http {
                 match self.probe.health(url).await {
@@ -714,9 +837,9 @@ impl<E: Engine> Updater<E> {
                         false
                     }
                     HealthState::Unhealthy => {
-                        return Err(Failure {
-                            error: "the new worker's HEALTHCHECK reports unhealthy".into(),
-                        })
+                        return Err(Failure::image(
+                            "the new worker's HEALTHCHECK reports unhealthy".into(),
+                        ))
                     }
                 }
             };
@@ -736,12 +859,10 @@ impl<E: Engine> Updater<E> {
                       "the new worker was healthy, then not");
             }
             if healthy_since.is_none() && now.duration_since(start) >= h.timeout + h.stable_for {
-                return Err(Failure {
-                    error: format!(
-                        "the new worker was not healthy within {}: {last_problem}",
-                        humantime::format_duration(h.timeout)
-                    ),
-                });
+                return Err(Failure::image(format!(
+                    "the new worker was not healthy within {}: {last_problem}",
+                    humantime::format_duration(h.timeout)
+                )));
             }
             let pause = if healthy_since.is_some() {
                 VERIFY_POLL_STABLE
@@ -752,23 +873,48 @@ impl<E: Engine> Updater<E> {
         }
     }
 
-    /// Puts the old digest back under the primary name, verifies it, and marks
-    /// the failed digest bad. Idempotent.
-    async fn rollback(&mut self, p: &Pending, error: String) -> Result<CheckOutcome, UpdateError> {
-        warn!(digest = %p.to, error = %error, "the new worker failed; rolling back");
+    /// Puts the old digest back under the primary name and verifies it; the
+    /// failed digest is marked bad or counted first, as its blame says.
+    /// Idempotent: a resumed rollback runs it again.
+    async fn rollback(
+        &mut self,
+        p: &Pending,
+        failure: Failure,
+    ) -> Result<CheckOutcome, UpdateError> {
+        let error = failure.error;
+        warn!(digest = %p.to, error = %error, blame = ?failure.blame, "the new worker failed; rolling back");
+        // Settle the blame in the same write as the step, so a crash cannot lose it.
+        let marked = match failure.blame {
+            Blame::Image => {
+                self.state
+                    .mark_bad(&p.to, &error, OffsetDateTime::now_utc());
+                true
+            }
+            Blame::Strike => self.strike(&p.to, &error),
+            Blame::None => false,
+        };
+        if marked {
+            warn!(digest = %p.to, "marked bad: it is not tried again until the tag moves or an operator deploys it");
+        }
         if let Some(pending) = self.state.pending.as_mut() {
             pending.error = Some(error.clone());
         }
         self.set_step(Step::RollingBack)?;
         let name = self.name().to_string();
-        for c in self.engine.list_managed().await? {
+        let cs = self.engine.list_managed().await?;
+        // An old worker that was never stopped is still drained: it gets its jobs back below.
+        let old_kept_running = cs
+            .iter()
+            .any(|c| c.running && p.from.is_some() && c.digest == p.from);
+        for c in &cs {
             if c.digest.as_deref() == Some(p.to.as_str()) {
+                if c.running {
+                    self.engine.stop(&c.id, self.worker.stop_timeout).await?;
+                }
                 self.engine.remove(&c.id).await?;
             }
         }
         failpoint::hit("during-rollback").await;
-        self.state
-            .mark_bad(&p.to, &error, OffsetDateTime::now_utc());
         let Some(from) = p.from.clone() else {
             // A first deploy has nothing to go back to.
             self.state.pending = None;
@@ -804,6 +950,13 @@ impl<E: Engine> Updater<E> {
                 self.remove_named(&name).await;
                 let id = self.create_pulled(&name, &from).await?;
                 self.engine.start(&id).await?;
+            }
+        }
+        if old_kept_running {
+            if let Some(url) = self.worker.drain.http.clone() {
+                if let Err(e) = self.probe.drain_cancel(&url).await {
+                    warn!(error = %e, "could not tell the old worker to take jobs again (DELETE on the drain endpoint)");
+                }
             }
         }
         let back = self.verify_primary().await;

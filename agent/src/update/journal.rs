@@ -111,6 +111,23 @@ impl State {
         self.bad_digests.drain(..excess);
     }
 
+    /// Rebuilds what the history knows after the state file was lost: the
+    /// good digests in order and the bad marks of rolled-back updates. The
+    /// current digest is left to the engine (the running worker is adopted).
+    pub fn rebuild_from(&mut self, history: &[HistoryEntry]) {
+        for e in history.iter().filter(|e| e.kind == Kind::Update) {
+            let Some(to) = &e.to else { continue };
+            match e.outcome {
+                Outcome::Success => self.commit(to),
+                Outcome::RolledBack => {
+                    self.mark_bad(to, e.error.as_deref().unwrap_or("rolled back"), e.at)
+                }
+                Outcome::Failed | Outcome::Aborted => {}
+            }
+        }
+        self.current_digest = None;
+    }
+
     /// `digest` runs and passed verification.
     pub fn commit(&mut self, digest: &str) {
         if let Some(prev) = self.last_good_digest.take() {
@@ -363,6 +380,27 @@ mod tests {
             })
             .collect();
         assert_eq!(kept.len(), 1, "the corrupt file is kept aside");
+    }
+
+    #[test]
+    fn a_lost_state_is_rebuilt_from_the_history() {
+        let mut h = vec![entry(Outcome::Success), entry(Outcome::RolledBack)];
+        h[0].to = Some("sha256:a".into());
+        h[1].to = Some("sha256:b".into());
+        h.push(HistoryEntry {
+            to: Some("sha256:c".into()),
+            ..entry(Outcome::Success)
+        });
+        h.push(HistoryEntry {
+            to: Some("sha256:d".into()),
+            ..entry(Outcome::Failed)
+        });
+        let mut s = State::default();
+        s.rebuild_from(&h);
+        assert_eq!(s.last_good_digest.as_deref(), Some("sha256:c"));
+        assert_eq!(s.previous_good, vec!["sha256:a".to_string()]);
+        assert!(s.is_bad("sha256:b") && !s.is_bad("sha256:d"));
+        assert_eq!(s.current_digest, None);
     }
 
     #[test]
