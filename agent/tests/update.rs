@@ -68,14 +68,7 @@ async fn rolls_back(variant: &str, name: &str, expect_error: &str) {
     let st = s.state();
     assert_eq!(st["current_digest"], v1);
     assert_eq!(st["last_good_digest"], v1);
-    assert!(
-        st["bad_digests"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|b| b["digest"] == bad),
-        "{st}"
-    );
+    assert!(s.is_marked_bad(&bad), "{st}");
     // Several polls later the bad digest has not been tried again.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let tries = s.history().iter().filter(|e| e["to"] == bad).count();
@@ -675,14 +668,7 @@ async fn a_digest_that_will_not_pull_is_retried_then_marked_bad() {
     assert_eq!(del.status().as_u16(), 202);
 
     // Three failed pulls, then the digest is marked bad; the worker was never touched.
-    let marked = wait_for(WAIT, || async {
-        s.state()["bad_digests"]
-            .as_array()?
-            .iter()
-            .any(|b| b["digest"] == lost)
-            .then_some(())
-    })
-    .await;
+    let marked = wait_for(WAIT, || async { s.is_marked_bad(&lost).then_some(()) }).await;
     assert!(marked.is_some(), "never marked bad:\n{}", agent.log());
     let failed: Vec<_> = s
         .history()
@@ -758,14 +744,7 @@ async fn a_corrupt_state_file_keeps_the_worker_and_the_bad_marks() {
     let st = s.state();
     assert_eq!(st["last_good_digest"], v1, "{st}");
     assert_eq!(st["current_digest"], v1, "{st}");
-    assert!(
-        st["bad_digests"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|b| b["digest"] == bad),
-        "{st}"
-    );
+    assert!(s.is_marked_bad(&bad), "{st}");
     assert_eq!(
         s.running().await.unwrap().id,
         before.id,

@@ -6,6 +6,8 @@
 //! module only carries out single engine calls.
 
 mod bollard_engine;
+#[cfg(test)]
+pub mod fake;
 pub mod spec;
 
 use std::future::Future;

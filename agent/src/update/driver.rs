@@ -313,6 +313,17 @@ impl<E: Engine> Updater<E> {
             format!("interrupted while {step}; the old worker was kept"),
         )
         .await?;
+        // The swap sets the old worker's restart policy to `no` before it stops
+        // it: interrupted in between, it runs on without its policy.
+        if p.step == Step::Swapping {
+            for c in self.engine.list_managed().await? {
+                if c.running && p.from.is_some() && c.digest == p.from {
+                    self.engine
+                        .set_restart(&c.id, &self.worker.restart, self.worker.restart_max_retries)
+                        .await?;
+                }
+            }
+        }
         self.ensure_running().await
     }
 
@@ -497,8 +508,12 @@ impl<E: Engine> Updater<E> {
         target: &str,
         trigger: Trigger,
     ) -> Result<CheckOutcome, UpdateError> {
-        // The primary might have died since the last tick; make the starting point sound.
+        // The primary might have died since the last tick; make the starting point
+        // sound (this also refuses a worker name held by a container not ours).
         self.ensure_running().await?;
+        if self.state.current_digest.as_deref() == Some(target) {
+            return Ok(CheckOutcome::UpToDate);
+        }
         let p = Pending {
             from: self.state.current_digest.clone(),
             to: target.to_string(),
@@ -616,8 +631,22 @@ impl<E: Engine> Updater<E> {
         Ok(())
     }
 
+    /// Removes the container called `name` if this agent manages it; a
+    /// container of that name that is not ours is left alone (and logged).
     async fn remove_named(&self, name: &str) {
-        if let Err(e) = self.engine.remove(name).await {
+        let result = match self.engine.inspect(name).await {
+            Ok(None) => Ok(()),
+            Ok(Some(c)) if c.agent.as_deref() != Some(self.settings.agent.id.as_str()) => {
+                warn!(
+                    container = name,
+                    "a container of this name is not managed by this agent; left alone"
+                );
+                Ok(())
+            }
+            Ok(Some(c)) => self.engine.remove(&c.id).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
             warn!(container = name, error = %crate::error_chain(&e), "could not remove");
         }
     }
@@ -858,11 +887,16 @@ impl<E: Engine> Updater<E> {
                 warn!(healthy_for_ms = now.duration_since(since).as_millis() as u64, problem = %last_problem,
                       "the new worker was healthy, then not");
             }
-            if healthy_since.is_none() && now.duration_since(start) >= h.timeout + h.stable_for {
-                return Err(Failure::image(format!(
-                    "the new worker was not healthy within {}: {last_problem}",
-                    humantime::format_duration(h.timeout)
-                )));
+            if healthy_since.is_none() && now.duration_since(start) >= h.timeout {
+                return Err(Failure::image(if first_healthy.is_some() {
+                    format!("the new worker was healthy, then not, and did not recover within {}: {last_problem}",
+                        humantime::format_duration(h.timeout))
+                } else {
+                    format!(
+                        "the new worker was not healthy within {}: {last_problem}",
+                        humantime::format_duration(h.timeout)
+                    )
+                }));
             }
             let pause = if healthy_since.is_some() {
                 VERIFY_POLL_STABLE
@@ -1004,3 +1038,7 @@ impl<E: Engine> Updater<E> {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "driver_tests.rs"]
+mod tests;

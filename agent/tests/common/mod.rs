@@ -302,6 +302,13 @@ stable_for = "1s"
             .unwrap_or(Value::Null)
     }
 
+    /// Whether `state.json` marks `digest` bad.
+    pub fn is_marked_bad(&self, digest: &str) -> bool {
+        self.state()["bad_digests"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|b| b["digest"] == digest))
+    }
+
     pub fn history(&self) -> Vec<Value> {
         std::fs::read_to_string(self.state_dir().join("history.jsonl"))
             .unwrap_or_default()

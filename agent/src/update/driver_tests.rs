@@ -1,0 +1,870 @@
+//! The driver's decisions against [`FakeEngine`]: which container runs after
+//! an update, a failure or a crash, what is marked bad, and what the journal
+//! says. The same sequences run against a real dockerd in `tests/`; here they
+//! take milliseconds (a few wait out one 500ms verification poll: the driver
+//! sleeps on the real clock) and can script what a real engine rarely does on cue.
+//!
+//! Every test builds a [`Harness`] (settings with no `health.http`, so health
+//! is the fake container's HEALTHCHECK state; a fresh state folder; a registry
+//! client that is never asked, since no pull needs credentials), sets the
+//! scene in the fake, drives the [`Updater`] and asserts the outcome.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::layer::SubscriberExt;
+
+use super::*;
+use crate::docker::fake::{self, FakeEngine, OnStart};
+use crate::registry::{ClientOptions, RegistryClient};
+
+const AGENT: &str = "test-agent";
+const REPO: &str = "registry.example/acme/worker";
+const W: &str = "t-w";
+const NEXT: &str = "t-w-next";
+const PREV: &str = "t-w-prev";
+const V0: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+const V1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+const V2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+/// Health must answer within 200ms and nothing has to stay healthy for long:
+/// a verification is over after one look unless a test asks for more.
+fn settings(dir: &Path, extra: &str) -> Settings {
+    let main = format!(
+        r#"
+[agent]
+id = "{AGENT}"
+state_dir = "{dir}"
+[docker]
+host = "unix:///nonexistent/docker.sock"
+[image]
+repository = "{REPO}"
+tag = "stable"
+[worker]
+name = "{W}"
+gpus = "none"
+stop_timeout = "1s"
+[worker.health]
+timeout = "200ms"
+stable_for = "0s"
+"#,
+        dir = dir.display()
+    );
+    let mut sources = vec![(PathBuf::from("/etc/gpu-agent/agent.toml"), main)];
+    if !extra.is_empty() {
+        sources.push((
+            PathBuf::from("/etc/gpu-agent/agent.d/test.toml"),
+            extra.to_string(),
+        ));
+    }
+    crate::config::load_from_strs(&sources).expect("the test config is valid")
+}
+
+/// `repo@digest`, as the driver pulls and creates it.
+fn image(digest: &str) -> String {
+    format!("{REPO}@{digest}")
+}
+
+/// A state whose current and last good digest is `digest`.
+fn committed(digest: &str) -> State {
+    let mut s = State::default();
+    s.commit(digest);
+    s
+}
+
+/// `committed(from)` with an update to `to` interrupted at `step`.
+fn interrupted(from: &str, to: &str, step: Step) -> State {
+    State {
+        pending: Some(Pending {
+            from: Some(from.into()),
+            to: to.into(),
+            trigger: Trigger::Poll,
+            step,
+            started_at: OffsetDateTime::now_utc(),
+            error: (step == Step::RollingBack).then(|| "the new worker exited with code 3".into()),
+        }),
+        ..committed(from)
+    }
+}
+
+/// Collects the ERROR events the driver logs (an illegal phase transition is one).
+struct ErrorLog(Arc<Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ErrorLog {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Fields(String);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                let _ = write!(self.0, " {}={v:?}", f.name());
+            }
+        }
+        if *event.metadata().level() == tracing::Level::ERROR {
+            let mut fields = Fields(String::new());
+            event.record(&mut fields);
+            self.0.lock().unwrap().push(fields.0);
+        }
+    }
+}
+
+struct Harness {
+    fake: FakeEngine,
+    up: Updater<FakeEngine>,
+    _dir: tempfile::TempDir,
+    errors: Arc<Mutex<Vec<String>>>,
+    _log: tracing::subscriber::DefaultGuard,
+}
+
+impl Harness {
+    /// An updater over an empty fake engine, starting from `state` on disk;
+    /// `extra` is a config drop-in.
+    fn new(state: State, extra: &str) -> Self {
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let log = tracing::subscriber::set_default(
+            tracing_subscriber::registry().with(ErrorLog(errors.clone())),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Arc::new(settings(dir.path(), extra));
+        Journal::open(dir.path()).unwrap().save(&state).unwrap();
+        let fake = FakeEngine::new(AGENT);
+        let registry = RegistryClient::new(ClientOptions::default()).unwrap();
+        let up = Updater::new(fake.clone(), registry, settings, CancellationToken::new()).unwrap();
+        Harness {
+            fake,
+            up,
+            _dir: dir,
+            errors,
+            _log: log,
+        }
+    }
+
+    /// `digest` committed and running as the worker; returns the harness and
+    /// the worker's container id. Images of `also` are present too.
+    fn serving(digest: &str, also: &[&str], extra: &str) -> (Self, String) {
+        let h = Harness::new(committed(digest), extra);
+        for d in std::iter::once(&digest).chain(also) {
+            h.fake.add_image(&image(d));
+        }
+        let id = h.fake.add_container(W, digest, true);
+        (h, id)
+    }
+
+    /// The state as saved on disk.
+    fn saved(&self) -> State {
+        self.up.journal().load().unwrap().0
+    }
+
+    fn history(&self) -> Vec<HistoryEntry> {
+        self.up.journal().history().unwrap()
+    }
+
+    fn last(&self) -> HistoryEntry {
+        self.history().pop().expect("a history entry")
+    }
+
+    /// Asserts the engine holds exactly one container, running `digest` as the worker.
+    #[track_caller]
+    fn only_worker(&self, digest: &str) -> Container {
+        let all = self.fake.containers();
+        assert_eq!(all.len(), 1, "one container expected: {all:#?}");
+        let c = all.into_iter().next().unwrap();
+        assert_eq!(
+            (c.name.as_str(), c.digest.as_deref(), c.running),
+            (W, Some(digest), true),
+            "{c:#?}"
+        );
+        c
+    }
+
+    /// Asserts the calls were made in this order (others may come between).
+    #[track_caller]
+    fn in_order(&self, expected: &[String]) {
+        let calls = self.fake.calls();
+        let mut at = 0;
+        for e in expected {
+            match calls[at..].iter().position(|c| c == e) {
+                Some(i) => at += i + 1,
+                None => panic!("{e:?} not found in order {expected:?} in the calls {calls:#?}"),
+            }
+        }
+    }
+
+    /// Asserts no call starts with any of `prefixes`.
+    #[track_caller]
+    fn never(&self, prefixes: &[String]) {
+        let calls = self.fake.calls();
+        for p in prefixes {
+            assert!(
+                !calls.iter().any(|c| c.starts_with(p.as_str())),
+                "unexpected {p:?} in {calls:#?}"
+            );
+        }
+    }
+
+    /// Asserts no call changed the container `id` (or the worker name).
+    #[track_caller]
+    fn untouched(&self, id: &str) {
+        for call in self.fake.calls() {
+            let mut words = call.split(' ');
+            let op = words.next().unwrap();
+            if ["start", "stop", "remove", "rename", "set_restart"].contains(&op) {
+                assert!(
+                    !words.any(|w| w == id || w == W),
+                    "{call:?} touched the old worker {id}"
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Harness {
+    /// Every test also checks that the driver only moved its state machine
+    /// along allowed transitions (it logs an error and resets otherwise).
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let errors = self.errors.lock().unwrap();
+        let bad: Vec<_> = errors
+            .iter()
+            .filter(|e| e.contains("state machine"))
+            .collect();
+        assert!(bad.is_empty(), "illegal phase transitions: {bad:#?}");
+    }
+}
+
+/// Asserts `out` is a rollback of V2 to the old worker `old` (the same
+/// container, renamed back, its restart policy restored) and that the
+/// journal says so; returns the error.
+#[track_caller]
+fn assert_rolled_back(h: &Harness, out: CheckOutcome, old: &str, marked_bad: bool) -> String {
+    let CheckOutcome::RolledBack { target, error } = out else {
+        panic!("expected a rollback, got {out:?}");
+    };
+    assert_eq!(target, V2);
+    assert_eq!(
+        h.only_worker(V1).id,
+        old,
+        "the old container itself is back"
+    );
+    assert_eq!(
+        h.fake.restart_policy(old).as_deref(),
+        Some("unless-stopped")
+    );
+    let s = h.saved();
+    assert_eq!(s.current_digest.as_deref(), Some(V1));
+    assert_eq!(s.last_good_digest.as_deref(), Some(V1));
+    assert_eq!(s.pending, None);
+    assert_eq!(s.is_bad(V2), marked_bad, "bad marks: {:?}", s.bad_digests);
+    let e = h.last();
+    assert_eq!(
+        (e.outcome, e.from.as_deref(), e.to.as_deref()),
+        (Outcome::RolledBack, Some(V1), Some(V2))
+    );
+    assert_eq!(e.error.as_deref(), Some(error.as_str()));
+    assert_eq!(h.up.phase(), Phase::Idle);
+    error
+}
+
+// --- updates -----------------------------------------------------------------
+
+#[tokio::test]
+async fn an_update_stops_the_old_worker_before_starting_the_new_one_and_commits() {
+    let (mut h, old) = Harness::serving(V1, &[V0, V2], "[worker.health]\nstable_for = \"100ms\"");
+    let out = h.up.update_to(V2, Trigger::Cli).await.unwrap();
+    assert_eq!(out, CheckOutcome::Updated(V2.into()));
+    let new = h.only_worker(V2);
+    assert_ne!(
+        new.id, old,
+        "the old container was removed after the commit"
+    );
+    h.in_order(&[
+        format!("create {NEXT}"),
+        format!("set_restart {old} no"),
+        format!("stop {old}"),
+        format!("rename {old} {PREV}"),
+        format!("rename {} {W}", new.id),
+        format!("start {}", new.id),
+        format!("remove {old}"),
+    ]);
+    let started = h.fake.position(&format!("start {}", new.id)).unwrap();
+    let looks = h.fake.calls()[started..]
+        .iter()
+        .filter(|c| **c == format!("inspect {W}"))
+        .count();
+    assert!(looks >= 2, "stable_for is watched over more than one look");
+    let s = h.saved();
+    assert_eq!(s.current_digest.as_deref(), Some(V2));
+    assert_eq!(s.last_good_digest.as_deref(), Some(V2));
+    assert_eq!(s.previous_good, [V1]);
+    assert_eq!(s.pending, None);
+    let e = h.last();
+    assert_eq!(
+        (e.outcome, e.from.as_deref(), e.to.as_deref(), e.trigger),
+        (Outcome::Success, Some(V1), Some(V2), Trigger::Cli)
+    );
+    assert!(e.downtime_ms.is_some(), "{e:?}");
+    assert_eq!(h.up.phase(), Phase::Idle);
+    // The last two good images stay; older ones of the repository go.
+    assert_eq!(
+        h.fake.images(),
+        std::collections::BTreeSet::from([image(V1), image(V2)])
+    );
+}
+
+#[tokio::test]
+async fn a_new_worker_that_exits_is_rolled_back_and_marked_bad() {
+    let (mut h, old) = Harness::serving(V1, &[V2], "");
+    h.fake.on_start(V2, OnStart::Exits(3));
+    h.fake
+        .set_logs(V2, "loading model\nCUDA error: out of memory");
+    let out = h.up.update_to(V2, Trigger::Poll).await.unwrap();
+    let error = assert_rolled_back(&h, out, &old, true);
+    assert!(error.contains("exited with code 3"), "{error}");
+    assert!(error.contains("CUDA error: out of memory"), "{error}");
+    assert!(h.saved().bad_digests[0].reason.contains("code 3"));
+}
+
+#[tokio::test]
+async fn a_new_worker_whose_healthcheck_says_unhealthy_is_rolled_back_and_marked_bad() {
+    let (mut h, old) = Harness::serving(V1, &[V2], "");
+    h.fake.on_start(V2, OnStart::Runs(HealthState::Unhealthy));
+    let out = h.up.update_to(V2, Trigger::Poll).await.unwrap();
+    let error = assert_rolled_back(&h, out, &old, true);
+    assert!(error.contains("unhealthy"), "{error}");
+}
+
+#[tokio::test]
+async fn a_new_worker_never_healthy_within_the_timeout_is_rolled_back_and_marked_bad() {
+    let (mut h, old) = Harness::serving(V1, &[V2], "");
+    h.fake.on_start(V2, OnStart::Runs(HealthState::Starting));
+    let out = h.up.update_to(V2, Trigger::Poll).await.unwrap();
+    let error = assert_rolled_back(&h, out, &old, true);
+    assert!(error.contains("not healthy within 200ms"), "{error}");
+}
+
+#[tokio::test]
+async fn a_new_worker_the_engine_keeps_restarting_is_rolled_back_and_marked_bad() {
+    // Restarts show over time: the worker must stay up a while to pass.
+    let (mut h, old) = Harness::serving(V1, &[V2], "[worker.health]\nstable_for = \"100ms\"");
+    h.fake.on_start(V2, OnStart::CrashLoops);
+    let out = h.up.update_to(V2, Trigger::Poll).await.unwrap();
+    let error = assert_rolled_back(&h, out, &old, true);
+    assert!(error.contains("restarted"), "{error}");
+}
+
+#[tokio::test]
+async fn an_engine_unreachable_through_verification_rolls_back_without_blaming_the_image() {
+    let (mut h, old) = Harness::serving(V1, &[V2], "");
+    h.fake
+        .fail_while_running("inspect", V2, fake::unreachable());
+    let out = h.up.update_to(V2, Trigger::Poll).await.unwrap();
+    let error = assert_rolled_back(&h, out, &old, false);
+    assert!(error.contains("could not verify"), "{error}");
+    assert!(
+        h.up.strikes.is_empty(),
+        "no strike either: {:?}",
+        h.up.strikes
+    );
+}
+
+#[tokio::test]
+async fn a_new_worker_found_dead_after_the_engine_was_away_is_not_blamed() {
+    // An engine that restarts takes its containers down with it.
+    let (mut h, old) = Harness::serving(V1, &[V2], "");
+    h.fake.on_start(V2, OnStart::Exits(137));
+    h.fake
+        .before_next("start", |f| f.fail_next("inspect", fake::unreachable()));
+    let out = h.up.update_to(V2, Trigger::Poll).await.unwrap();
+    let error = assert_rolled_back(&h, out, &old, false);
+    assert!(error.contains("code 137"), "{error}");
+    assert!(h.up.strikes.is_empty(), "{:?}", h.up.strikes);
+}
+
+#[tokio::test]
+async fn a_swap_the_engine_drops_does_not_count_against_the_image() {
+    let (mut h, old) = Harness::serving(V1, &[V2], "");
+    h.fake.fail_next("stop", fake::unreachable());
+    let out = h.up.update_to(V2, Trigger::Poll).await.unwrap();
+    assert_rolled_back(&h, out, &old, false);
+    assert!(h.up.strikes.is_empty(), "{:?}", h.up.strikes);
+}
+
+#[tokio::test]
+async fn a_new_worker_the_engine_will_not_start_counts_a_strike_only() {
+    let (mut h, old) = Harness::serving(V1, &[V2], "");
+    h.fake
+        .fail_next("start", fake::call_err("start", "the new worker", 500));
+    let out = h.up.update_to(V2, Trigger::Poll).await.unwrap();
+    let error = assert_rolled_back(&h, out, &old, false);
+    assert!(error.contains("status 500"), "{error}");
+    assert_eq!(h.up.strikes.get(V2), Some(&1));
+}
+
+#[tokio::test]
+async fn an_old_worker_that_fails_after_the_rollback_leaves_the_agent_failed() {
+    let (mut h, old) = Harness::serving(V1, &[V2], "");
+    h.fake.on_start(V2, OnStart::Exits(3));
+    h.fake.on_start(V1, OnStart::Exits(4));
+    let out = h.up.update_to(V2, Trigger::Poll).await.unwrap();
+    let CheckOutcome::Failed(error) = out else {
+        panic!("expected a failure, got {out:?}");
+    };
+    assert!(
+        error.contains("code 3") && error.contains("code 4"),
+        "{error}"
+    );
+    let c = h.fake.container(W).unwrap();
+    assert_eq!((c.id, c.running), (old, false));
+    let s = h.saved();
+    assert!(s.is_bad(V2) && !s.is_bad(V1), "{:?}", s.bad_digests);
+    assert_eq!(s.pending, None);
+    assert_eq!(h.last().outcome, Outcome::Failed);
+    assert_eq!(h.up.phase(), Phase::Failed);
+}
+
+#[tokio::test]
+async fn a_rollback_the_engine_interrupts_is_finished_by_the_next_reconcile() {
+    let (mut h, old) = Harness::serving(V1, &[V2], "");
+    h.fake.on_start(V2, OnStart::Exits(3));
+    // The engine goes away just as the rollback begins.
+    h.fake.before_next("logs_tail", |f| {
+        f.fail_next("list_managed", fake::unreachable())
+    });
+    let e = h.up.update_to(V2, Trigger::Poll).await.unwrap_err();
+    assert!(
+        matches!(&e, UpdateError::Engine(e) if e.is_engine_down()),
+        "{e}"
+    );
+    let s = h.saved();
+    let p = s.pending.as_ref().expect("the rollback is in the journal");
+    assert_eq!(p.step, Step::RollingBack);
+    assert!(s.is_bad(V2), "the bad mark was saved with the step");
+    h.up.reconcile().await.unwrap();
+    let error = assert_rolled_back(
+        &h,
+        CheckOutcome::RolledBack {
+            target: V2.into(),
+            error: p.error.clone().unwrap(),
+        },
+        &old,
+        true,
+    );
+    assert!(error.contains("code 3"), "{error}");
+}
+
+#[tokio::test]
+async fn a_reconcile_the_engine_refuses_keeps_the_pending_update() {
+    let mut h = Harness::new(interrupted(V1, V2, Step::Verifying), "");
+    h.fake.add_container(PREV, V1, false);
+    let new = h.fake.add_container(W, V2, true);
+    h.fake.fail_next("list_managed", fake::unreachable());
+    assert!(h.up.reconcile().await.is_err());
+    assert_eq!(
+        h.saved().pending.map(|p| p.step),
+        Some(Step::Verifying),
+        "still in the journal"
+    );
+    h.up.reconcile().await.unwrap();
+    assert_eq!(h.only_worker(V2).id, new);
+    assert_eq!(h.saved().pending, None);
+}
+
+// --- preparing: pulls and creates, the old worker untouched -----------------
+
+#[tokio::test]
+async fn a_create_refused_three_times_marks_the_digest_bad_at_the_third() {
+    let (mut h, old) = Harness::serving(V1, &[V2], "");
+    h.fake
+        .fail_times("create", 3, fake::call_err("create", NEXT, 400));
+    for attempt in 1..=3 {
+        let out = h.up.update_to(V2, Trigger::Poll).await.unwrap();
+        assert!(matches!(out, CheckOutcome::Failed(_)), "{out:?}");
+        assert_eq!(h.saved().is_bad(V2), attempt == 3, "attempt {attempt}");
+        assert_eq!(h.only_worker(V1).id, old);
+        assert_eq!(h.last().outcome, Outcome::Failed);
+        assert_eq!(h.saved().pending, None);
+    }
+    h.untouched(&old);
+    assert!(h.saved().bad_digests[0].reason.ends_with("(3 times)"));
+    assert_eq!(h.up.phase(), Phase::Idle);
+}
+
+#[tokio::test]
+async fn a_transient_pull_failure_never_counts() {
+    let (mut h, old) = Harness::serving(V1, &[], "");
+    h.fake.fail_times(
+        "pull",
+        5,
+        fake::pull_err("toomanyrequests: You have reached your pull rate limit"),
+    );
+    for attempt in 1..=5 {
+        let out = h.up.update_to(V2, Trigger::Poll).await.unwrap();
+        assert!(matches!(out, CheckOutcome::Failed(_)), "{out:?}");
+        assert!(!h.saved().is_bad(V2), "attempt {attempt}");
+    }
+    assert!(h.up.strikes.is_empty(), "{:?}", h.up.strikes);
+    h.untouched(&old);
+    // The limit lifts: the update goes through.
+    let out = h.up.update_to(V2, Trigger::Poll).await.unwrap();
+    assert_eq!(out, CheckOutcome::Updated(V2.into()));
+    assert!(h.fake.position(&format!("pull {}", image(V2))).is_some());
+}
+
+#[tokio::test]
+async fn a_permanent_pull_failure_marks_the_digest_bad_at_the_third() {
+    let (mut h, old) = Harness::serving(V1, &[], "");
+    let unknown = || fake::pull_err("manifest unknown: manifest unknown");
+    h.fake.fail_next("pull", unknown());
+    h.fake.fail_next("pull", fake::pull_err("toomanyrequests"));
+    h.fake.fail_times("pull", 2, unknown());
+    for (attempt, bad) in [(1, false), (2, false), (3, false), (4, true)] {
+        let out = h.up.update_to(V2, Trigger::Poll).await.unwrap();
+        assert!(matches!(out, CheckOutcome::Failed(_)), "{out:?}");
+        assert_eq!(h.saved().is_bad(V2), bad, "attempt {attempt}");
+    }
+    h.untouched(&old);
+    assert_eq!(h.only_worker(V1).id, old);
+    assert!(h.saved().bad_digests[0].reason.contains("manifest unknown"));
+}
+
+#[tokio::test]
+async fn an_image_that_vanishes_before_create_is_pulled_again() {
+    let (mut h, _) = Harness::serving(V1, &[V2], "");
+    h.fake.before_next("create", |f| f.remove_image(&image(V2)));
+    let out = h.up.update_to(V2, Trigger::Poll).await.unwrap();
+    assert_eq!(out, CheckOutcome::Updated(V2.into()));
+    h.in_order(&[
+        format!("create {NEXT} (failed)"),
+        format!("pull {}", image(V2)),
+        format!("create {NEXT}"),
+    ]);
+    assert!(h.up.strikes.is_empty());
+}
+
+#[tokio::test]
+async fn a_first_deploy_that_fails_leaves_no_worker_and_marks_the_digest_bad() {
+    let mut h = Harness::new(State::default(), "");
+    h.fake.add_image(&image(V2));
+    h.fake.on_start(V2, OnStart::Exits(1));
+    let out = h.up.update_to(V2, Trigger::Startup).await.unwrap();
+    assert!(
+        matches!(&out, CheckOutcome::Failed(e) if e.contains("code 1")),
+        "{out:?}"
+    );
+    assert_eq!(h.fake.containers(), []);
+    let s = h.saved();
+    assert!(s.is_bad(V2));
+    assert_eq!((s.current_digest, s.pending), (None, None));
+    let e = h.last();
+    assert_eq!(
+        (e.outcome, e.from, e.to.as_deref()),
+        (Outcome::Failed, None, Some(V2))
+    );
+    assert_eq!(h.up.phase(), Phase::Failed);
+}
+
+// --- a container that is not ours -------------------------------------------
+
+#[tokio::test]
+async fn a_foreign_container_with_the_worker_name_is_left_alone() {
+    for (label, shown) in [(Some("other-agent"), "other-agent"), (None, "missing")] {
+        let mut h = Harness::new(committed(V1), "");
+        h.fake.add_image(&image(V1));
+        h.fake.add_image(&image(V2));
+        let foreign = h.fake.add_foreign(W, label, true);
+        for r in [
+            h.up.reconcile().await,
+            h.up.update_to(V2, Trigger::Cli).await.map(|_| ()),
+        ] {
+            match r {
+                Err(UpdateError::NameTaken {
+                    name,
+                    label,
+                    agent_id,
+                }) => assert_eq!(
+                    (name.as_str(), label.as_str(), agent_id.as_str()),
+                    (W, shown, AGENT)
+                ),
+                other => panic!("expected NameTaken, got {other:?}"),
+            }
+        }
+        assert_eq!(
+            h.fake.calls(),
+            [format!("inspect {W}"), format!("inspect {W}")]
+        );
+        let c = h.fake.container(W).unwrap();
+        assert_eq!((c.id, c.running), (foreign, true));
+        assert_eq!(h.fake.containers().len(), 1);
+        assert_eq!(
+            State {
+                version: 0,
+                ..h.saved()
+            },
+            committed(V1),
+            "no update began"
+        );
+    }
+}
+
+// --- reconcile: an interrupted update ---------------------------------------
+
+#[tokio::test]
+async fn an_update_interrupted_while_the_old_worker_runs_is_aborted() {
+    // Before the swap stopped it; or a reboot brought it back.
+    for step in [Step::Pulling, Step::Draining, Step::Swapping] {
+        let mut h = Harness::new(interrupted(V1, V2, step), "");
+        h.fake.add_image(&image(V1));
+        h.fake.add_image(&image(V2));
+        let old = h.fake.add_container(W, V1, true);
+        h.fake.add_container(NEXT, V2, false);
+        h.up.reconcile().await.unwrap();
+        assert_eq!(h.only_worker(V1).id, old, "{step:?}");
+        h.never(&[
+            format!("stop {old}"),
+            format!("remove {old}"),
+            format!("rename {old}"),
+        ]);
+        let s = h.saved();
+        assert!(!s.is_bad(V2), "the next check tries it again");
+        assert_eq!((s.pending, s.current_digest.as_deref()), (None, Some(V1)));
+        let e = h.last();
+        assert_eq!(
+            (e.outcome, e.from.as_deref(), e.to.as_deref()),
+            (Outcome::Aborted, Some(V1), Some(V2)),
+            "{step:?}"
+        );
+        assert_eq!(h.up.phase(), Phase::Idle);
+    }
+}
+
+#[tokio::test]
+async fn an_aborted_swap_gives_the_old_worker_its_restart_policy_back() {
+    // The agent died between setting the old worker's restart policy to `no`
+    // and stopping it: the old worker still runs, and must come back after
+    // the next dockerd restart or crash like before.
+    let mut h = Harness::new(interrupted(V1, V2, Step::Swapping), "");
+    h.fake.add_image(&image(V1));
+    let old = h.fake.add_container(W, V1, true);
+    h.fake.add_container(NEXT, V2, false);
+    h.fake.set_restart(&old, "no", None).await.unwrap();
+    h.up.reconcile().await.unwrap();
+    assert_eq!(h.only_worker(V1).id, old);
+    assert_eq!(h.saved().pending, None);
+    assert_eq!(
+        h.fake.restart_policy(&old).as_deref(),
+        Some("unless-stopped")
+    );
+}
+
+#[tokio::test]
+async fn an_interrupted_swap_whose_old_worker_was_stopped_goes_on() {
+    let mut h = Harness::new(interrupted(V1, V2, Step::Swapping), "");
+    h.fake.add_image(&image(V1));
+    h.fake.add_image(&image(V2));
+    let old = h.fake.add_container(PREV, V1, false);
+    h.fake.set_restart(&old, "no", None).await.unwrap();
+    let new = h.fake.add_container(NEXT, V2, false);
+    h.up.reconcile().await.unwrap();
+    assert_eq!(h.only_worker(V2).id, new);
+    h.in_order(&[format!("rename {new} {W}"), format!("start {new}")]);
+    let s = h.saved();
+    assert_eq!((s.current_digest.as_deref(), s.pending), (Some(V2), None));
+    assert_eq!(h.last().outcome, Outcome::Success);
+}
+
+#[tokio::test]
+async fn an_interrupted_verification_is_verified_and_committed() {
+    let mut h = Harness::new(interrupted(V1, V2, Step::Verifying), "");
+    h.fake.add_image(&image(V1));
+    h.fake.add_image(&image(V2));
+    let old = h.fake.add_container(PREV, V1, false);
+    h.fake.set_restart(&old, "no", None).await.unwrap();
+    let new = h.fake.add_container(W, V2, true);
+    h.fake.clear_calls();
+    h.up.reconcile().await.unwrap();
+    assert_eq!(h.only_worker(V2).id, new, "the new worker kept running");
+    assert!(
+        !h.fake
+            .calls()
+            .iter()
+            .any(|c| c.starts_with("stop") || c.starts_with("start")),
+        "{:#?}",
+        h.fake.calls()
+    );
+    let s = h.saved();
+    assert_eq!(s.current_digest.as_deref(), Some(V2));
+    assert_eq!(s.last_good_digest.as_deref(), Some(V2));
+    assert_eq!(s.previous_good, [V1]);
+    assert_eq!(s.pending, None);
+    assert_eq!(h.last().outcome, Outcome::Success);
+}
+
+#[tokio::test]
+async fn an_interrupted_rollback_is_finished() {
+    let mut state = interrupted(V1, V2, Step::RollingBack);
+    state.mark_bad(
+        V2,
+        "the new worker exited with code 3",
+        OffsetDateTime::now_utc(),
+    );
+    let mut h = Harness::new(state, "");
+    h.fake.add_image(&image(V1));
+    h.fake.add_image(&image(V2));
+    let old = h.fake.add_container(PREV, V1, false);
+    h.fake.set_restart(&old, "no", None).await.unwrap();
+    let new = h.fake.add_container(W, V2, true);
+    h.fake.clear_calls();
+    h.up.reconcile().await.unwrap();
+    h.in_order(&[
+        format!("stop {new}"),
+        format!("remove {new}"),
+        format!("rename {old} {W}"),
+        format!("set_restart {old} unless-stopped"),
+        format!("start {old}"),
+    ]);
+    let error = assert_rolled_back(
+        &h,
+        CheckOutcome::RolledBack {
+            target: V2.into(),
+            error: "the new worker exited with code 3".into(),
+        },
+        &old,
+        true,
+    );
+    assert_eq!(h.last().error.as_deref(), Some(error.as_str()));
+}
+
+#[tokio::test]
+async fn an_interrupted_rollback_whose_old_container_is_gone_recreates_it() {
+    let mut h = Harness::new(interrupted(V1, V2, Step::RollingBack), "");
+    h.fake.add_image(&image(V1));
+    h.fake.add_container(W, V2, true);
+    h.up.reconcile().await.unwrap();
+    let w = h.only_worker(V1);
+    h.in_order(&[format!("create {W}"), format!("start {}", w.id)]);
+    assert_eq!(h.saved().pending, None);
+    assert_eq!(h.last().outcome, Outcome::RolledBack);
+}
+
+// --- reconcile: exactly one worker, on the right digest ---------------------
+
+#[tokio::test]
+async fn of_two_running_workers_the_second_is_stopped_and_removed() {
+    let (mut h, old) = Harness::serving(V1, &[V2], "");
+    let second = h.fake.add_container(NEXT, V2, true);
+    h.up.reconcile().await.unwrap();
+    assert_eq!(h.only_worker(V1).id, old);
+    h.in_order(&[
+        format!("set_restart {second} no"),
+        format!("stop {second}"),
+        format!("remove {second}"),
+    ]);
+    assert_eq!(h.saved().current_digest.as_deref(), Some(V1));
+}
+
+#[tokio::test]
+async fn of_two_running_workers_neither_named_the_one_on_the_current_digest_is_kept() {
+    let mut h = Harness::new(committed(V1), "");
+    let other = h.fake.add_container(NEXT, V2, true);
+    let keep = h.fake.add_container(PREV, V1, true);
+    h.up.reconcile().await.unwrap();
+    assert_eq!(h.only_worker(V1).id, keep);
+    h.in_order(&[format!("stop {other}"), format!("rename {keep} {W}")]);
+}
+
+#[tokio::test]
+async fn with_nothing_running_the_last_good_digest_is_created_and_started() {
+    // A state rebuilt from the history knows the last good digest, not the current one.
+    let mut h = Harness::new(
+        State {
+            last_good_digest: Some(V1.into()),
+            ..State::default()
+        },
+        "",
+    );
+    h.up.reconcile().await.unwrap();
+    let w = h.only_worker(V1);
+    h.in_order(&[
+        format!("pull {}", image(V1)),
+        format!("create {W}"),
+        format!("start {}", w.id),
+    ]);
+    assert_eq!(h.saved().current_digest.as_deref(), Some(V1));
+    assert_eq!(h.up.phase(), Phase::Idle);
+}
+
+#[tokio::test]
+async fn with_nothing_known_nothing_is_started() {
+    let mut h = Harness::new(State::default(), "");
+    h.up.reconcile().await.unwrap();
+    assert_eq!(h.fake.containers(), []);
+    assert!(!h.fake.calls().iter().any(|c| c.starts_with("create")));
+}
+
+#[tokio::test]
+async fn a_stopped_worker_is_started_again_with_its_restart_policy() {
+    let mut h = Harness::new(committed(V1), "");
+    h.fake.add_image(&image(V1));
+    let old = h.fake.add_container(W, V1, false);
+    h.fake.set_restart(&old, "no", None).await.unwrap();
+    h.up.reconcile().await.unwrap();
+    assert_eq!(h.only_worker(V1).id, old);
+    assert_eq!(
+        h.fake.restart_policy(&old).as_deref(),
+        Some("unless-stopped")
+    );
+}
+
+#[tokio::test]
+async fn a_stopped_worker_that_will_not_start_is_recreated() {
+    let mut h = Harness::new(committed(V1), "");
+    h.fake.add_image(&image(V1));
+    let old = h.fake.add_container(W, V1, false);
+    h.fake
+        .fail_next("start", fake::call_err("start", &old, 500));
+    h.up.reconcile().await.unwrap();
+    let w = h.only_worker(V1);
+    assert_ne!(w.id, old);
+    h.in_order(&[
+        format!("start {old} (failed)"),
+        format!("remove {old}"),
+        format!("create {W}"),
+        format!("start {}", w.id),
+    ]);
+}
+
+#[tokio::test]
+async fn a_foreign_container_named_like_the_next_worker_is_never_removed() {
+    let (mut h, old) = Harness::serving(V1, &[V2], "");
+    let foreign = h.fake.add_foreign(NEXT, Some("other-agent"), false);
+    let out = h.up.update_to(V2, Trigger::Cli).await.unwrap();
+    // The name is taken, so the new container cannot be created: the update
+    // fails before the old worker is touched, and the foreign one stays.
+    assert!(
+        matches!(out, CheckOutcome::Failed(ref e) if e.contains("already in use")),
+        "{out:?}"
+    );
+    assert!(
+        !h.fake
+            .calls()
+            .iter()
+            .any(|c| c == &format!("remove {foreign}")),
+        "{:#?}",
+        h.fake.calls()
+    );
+    assert_eq!(h.fake.container(NEXT).unwrap().id, foreign);
+    h.untouched(&old);
+    assert_eq!(h.saved().current_digest.as_deref(), Some(V1));
+}
+
+#[tokio::test]
+async fn an_update_to_the_running_digest_does_nothing() {
+    let (mut h, old) = Harness::serving(V1, &[], "");
+    let out = h.up.update_to(V1, Trigger::Cli).await.unwrap();
+    assert_eq!(out, CheckOutcome::UpToDate);
+    h.never(&["create".into(), "stop".into()]);
+    h.untouched(&old);
+    assert!(h.history().is_empty());
+}
