@@ -782,3 +782,33 @@ async fn a_worker_that_ignores_sigterm_is_killed_after_stop_timeout() {
     let downtime = e["downtime_ms"].as_u64().unwrap();
     assert!(downtime >= 2000, "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_config_and_a_bad_one_is_refused() {
+    let s = Setup::new("sighup");
+    let v1 = s.push("v1", "stable");
+    let v2 = s.push("v2", "canary");
+    let cfg = s.config("tag = \"stable\"", &s.env(""), "");
+    let mut agent = s.start_agent(&cfg);
+    s.wait_history(&v1, "success", &agent).await;
+    let hup = |pid: u32| {
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+    };
+
+    // A bad config: refused, the agent keeps running on the old one.
+    s.write_config(&format!("{cfg}\n[bogus]\nkey = 1\n"));
+    hup(agent.pid());
+    agent.wait_log("config reload refused").await;
+    assert!(agent.log().contains("bogus"), "the error names the key");
+    assert_eq!(agent.exited(), None, "the agent died on SIGHUP");
+
+    // A good one: the new tag is followed from the next check.
+    s.write_config(&cfg.replace("tag = \"stable\"", "tag = \"canary\""));
+    hup(agent.pid());
+    agent.wait_log("config reloaded").await;
+    s.wait_running(&v2, "v2", &agent).await;
+    assert_eq!(agent.exited(), None);
+}

@@ -110,7 +110,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(Exit::Failure as u8);
                 }
             };
-            match rt.block_on(gpu_agent::daemon::run(settings)) {
+            match rt.block_on(gpu_agent::daemon::run(settings, config)) {
                 Ok(()) => Exit::Ok,
                 Err(e) => {
                     tracing::error!("{e:#}");

@@ -1,8 +1,9 @@
 //! The daemon: starts the subsystems, reconciles after a restart, then runs
-//! the poll loop until SIGTERM or SIGINT. Stopping the agent never stops the
+//! the poll loop until SIGTERM or SIGINT; SIGHUP reloads the config. Stopping the agent never stops the
 //! worker: an update in progress is brought to a safe point first (a drain
 //! wait is abandoned with the old worker kept; a swap finishes its verify).
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,9 +39,11 @@ fn jitter(max: Duration) -> Duration {
     }
 }
 
-/// Runs the agent until it is told to stop.
-pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    let settings = Arc::new(settings);
+/// Runs the agent until it is told to stop. `config` is the main config file,
+/// read again on SIGHUP.
+pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
+    let mut settings = Arc::new(settings);
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone())?;
     info!(
@@ -52,12 +55,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         "gpu-agent starting"
     );
 
-    let registry = RegistryClient::new(ClientOptions {
-        insecure: settings.image.insecure,
-        auth_file: settings.image.auth_file.clone(),
-        ..ClientOptions::default()
-    })
-    .context("building the registry client")?;
+    let registry = registry_client(&settings)?;
 
     let Some(engine) = connect_engine(&settings, &shutdown).await else {
         info!("stopped before the engine answered");
@@ -78,19 +76,37 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         }
     }
 
-    let poll = settings.image.poll_interval;
     let mut trigger = Trigger::Startup;
     let mut wait = Duration::ZERO;
     failures = 0;
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.cancelled() => break,
+        // Wait for the next check; a SIGHUP meanwhile reloads the config.
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = shutdown.cancelled() => break,
+                _ = hup.recv() => {
+                    if let Some(new) = reload(&config, &settings) {
+                        match registry_client(&new) {
+                            Ok(registry) => {
+                                updater.reload(new.clone(), registry);
+                                settings = new;
+                            }
+                            Err(e) => error!(error = %format!("{e:#}"), "config reload refused; keeping the running config"),
+                        }
+                    }
+                }
+            }
+        }
+        if shutdown.is_cancelled() {
+            break;
         }
         // Resume an update an error left midway, else make sure the worker runs.
         if let Err(e) = updater.reconcile().await {
             warn!(error = %crate::error_chain(&e), "could not reconcile the worker with the journal");
         }
+        let poll = settings.image.poll_interval;
         match updater.check(trigger).await {
             Ok(outcome) => {
                 failures = 0;
@@ -119,6 +135,43 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     info!("gpu-agent stopping; the worker keeps running");
     Ok(())
+}
+
+fn registry_client(settings: &Settings) -> anyhow::Result<RegistryClient> {
+    RegistryClient::new(ClientOptions {
+        insecure: settings.image.insecure,
+        auth_file: settings.image.auth_file.clone(),
+        ..ClientOptions::default()
+    })
+    .context("building the registry client")
+}
+
+/// Reads the config again. A config that does not load, or that changes what
+/// only a restart can change, is refused with a log line and the running one kept.
+fn reload(path: &Path, running: &Settings) -> Option<Arc<Settings>> {
+    info!(config = %path.display(), "SIGHUP: reloading the config");
+    let new = match crate::config::load(path) {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %e, "config reload refused; keeping the running config");
+            return None;
+        }
+    };
+    let fixed = [
+        ("agent.id", new.agent.id != running.agent.id),
+        (
+            "agent.state_dir",
+            new.agent.state_dir != running.agent.state_dir,
+        ),
+        ("docker.host", new.docker.host != running.docker.host),
+    ];
+    if let Some((key, _)) = fixed.iter().find(|(_, changed)| *changed) {
+        error!(key, "config reload refused: this key changes only with a restart; keeping the running config");
+        return None;
+    }
+    info!(image = %new.image.name, policy = %new.image.policy,
+          "config reloaded; worker settings apply to the next container created");
+    Some(Arc::new(new))
 }
 
 async fn connect_engine(

@@ -164,6 +164,14 @@ impl<E: Engine> Updater<E> {
         })
     }
 
+    /// Takes a reloaded config: the registry policy applies from the next
+    /// check, the worker settings to the next container created.
+    pub fn reload(&mut self, settings: Arc<Settings>, registry: RegistryClient) {
+        self.worker = Arc::new(settings.worker.clone());
+        self.settings = settings;
+        self.registry = registry;
+    }
+
     pub fn state(&self) -> &State {
         &self.state
     }
