@@ -4,7 +4,9 @@
 //! arguments and call into it. See `ARCHITECTURE.md` at the repository root for
 //! the code map and the update sequence.
 
+pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod docker;
 pub mod registry;

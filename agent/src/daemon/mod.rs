@@ -11,12 +11,18 @@ use anyhow::Context;
 use rand::Rng;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
+
+mod systemd;
 
 use crate::config::Settings;
+use crate::control::api::ActionResult;
+use crate::control::{self, ControlState, Job};
 use crate::docker::BollardEngine;
 use crate::registry::{ClientOptions, RegistryClient};
-use crate::update::{CheckOutcome, Trigger, Updater};
+use crate::update::{CheckOutcome, Trigger, UpdateError, Updater};
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
 
 /// First retry delay after a failed check or an unreachable engine.
 const RETRY_BASE: Duration = Duration::from_secs(2);
@@ -64,9 +70,31 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
     let mut updater = Updater::new(engine, registry, settings.clone(), shutdown.clone())
         .context("opening the state folder")?;
 
+    // The control socket answers status at once; actions queue for the loop below.
+    let (jobs_tx, mut jobs) = mpsc::channel::<Job>(8);
+    let listener = control::bind(&settings.agent.control_socket).await?;
+    info!(socket = %settings.agent.control_socket.display(), "control socket ready");
+    let control = tokio::spawn(control::serve(
+        listener,
+        ControlState {
+            settings: settings.clone(),
+            view: updater.watch(),
+            jobs: jobs_tx,
+            journal: updater.journal().clone(),
+        },
+        shutdown.clone(),
+    ));
+
+    // systemd: a status line on every phase change, watchdog pings from the loop.
+    let mut watchdog = systemd::Watchdog::from_env();
+    if let Some(every) = watchdog.interval() {
+        info!(every = ?every, "systemd watchdog enabled");
+    }
+    tokio::spawn(publish_status(updater.watch()));
+
     // Converge first: finish or undo whatever a crash interrupted.
     let mut failures = 0u32;
-    while let Err(e) = updater.reconcile().await {
+    while let Err(e) = watchdog.alive(updater.reconcile()).await {
         failures += 1;
         let wait = backoff(failures, RETRY_CAP);
         error!(error = %crate::error_chain(&e), retry_in = ?wait, "could not reconcile the worker with the journal");
@@ -76,13 +104,17 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
         }
     }
 
+    systemd::ready();
     let mut trigger = Trigger::Startup;
     let mut wait = Duration::ZERO;
     failures = 0;
     loop {
-        // Wait for the next check; a SIGHUP meanwhile reloads the config.
+        // Wait for the next check; meanwhile SIGHUP reloads the config and
+        // agentctl's actions run.
         let deadline = tokio::time::Instant::now() + wait;
-        loop {
+        updater.set_next_check(Some(OffsetDateTime::now_utc() + wait));
+        watchdog.alive(async {
+            loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => break,
                 _ = shutdown.cancelled() => break,
@@ -97,32 +129,24 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
                         }
                     }
                 }
+                Some(job) = jobs.recv() => run_job(&mut updater, job).await,
             }
-        }
+            }
+        })
+        .await;
         if shutdown.is_cancelled() {
             break;
         }
+        updater.set_next_check(None);
         // Resume an update an error left midway, else make sure the worker runs.
-        if let Err(e) = updater.reconcile().await {
+        if let Err(e) = watchdog.alive(updater.reconcile()).await {
             warn!(error = %crate::error_chain(&e), "could not reconcile the worker with the journal");
         }
         let poll = settings.image.poll_interval;
-        match updater.check(trigger).await {
+        match watchdog.alive(updater.check(trigger)).await {
             Ok(outcome) => {
                 failures = 0;
-                match &outcome {
-                    CheckOutcome::UpToDate => {}
-                    CheckOutcome::Updated(d) => info!(digest = %d, "update done"),
-                    CheckOutcome::SkippedBad(d) => {
-                        info!(digest = %d, "the target digest is marked bad; waiting for a new one")
-                    }
-                    CheckOutcome::Held(why) => info!(reason = why, "updates held"),
-                    CheckOutcome::RolledBack { target, error } => {
-                        warn!(digest = %target, error = %error, "update rolled back")
-                    }
-                    CheckOutcome::Aborted(why) => warn!(reason = %why, "update aborted"),
-                    CheckOutcome::Failed(why) => error!(reason = %why, "update failed"),
-                }
+                log_outcome(&outcome);
                 wait = poll + jitter(settings.image.poll_jitter);
             }
             Err(e) => {
@@ -133,8 +157,115 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
         }
         trigger = Trigger::Poll;
     }
+    systemd::stopping();
+    let _ = control.await;
+    if let Err(e) = std::fs::remove_file(&settings.agent.control_socket) {
+        debug!(error = %e, "removing the control socket");
+    }
     info!("gpu-agent stopping; the worker keeps running");
     Ok(())
+}
+
+/// Tells systemd what the agent does, on every phase change.
+async fn publish_status(mut view: tokio::sync::watch::Receiver<crate::update::View>) {
+    let mut last = String::new();
+    loop {
+        let line = {
+            let v = view.borrow_and_update();
+            let short = |d: &Option<String>| {
+                d.as_deref()
+                    .map(|d| {
+                        d.trim_start_matches("sha256:")
+                            .chars()
+                            .take(12)
+                            .collect::<String>()
+                    })
+                    .unwrap_or_else(|| "none".into())
+            };
+            match &v.state.pending {
+                Some(p) => format!(
+                    "{}: {} -> {}",
+                    v.phase,
+                    short(&p.from),
+                    short(&Some(p.to.clone()))
+                ),
+                None => format!("{}; worker {}", v.phase, short(&v.state.current_digest)),
+            }
+        };
+        if line != last {
+            systemd::status(&line);
+            last = line;
+        }
+        if view.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn log_outcome(outcome: &CheckOutcome) {
+    match outcome {
+        CheckOutcome::UpToDate => {}
+        CheckOutcome::Updated(d) => info!(digest = %d, "update done"),
+        CheckOutcome::SkippedBad(d) => {
+            info!(digest = %d, "the target digest is marked bad; waiting for a new one")
+        }
+        CheckOutcome::Held(why) => info!(reason = why, "updates held"),
+        CheckOutcome::RolledBack { target, error } => {
+            warn!(digest = %target, error = %error, "update rolled back")
+        }
+        CheckOutcome::Aborted(why) => warn!(reason = %why, "update aborted"),
+        CheckOutcome::Failed(why) => error!(reason = %why, "update failed"),
+    }
+}
+
+/// The answer agentctl gets for a check or update.
+fn action_result(r: Result<CheckOutcome, UpdateError>) -> ActionResult {
+    let (outcome, digest, error) = match r {
+        Ok(CheckOutcome::UpToDate) => ("up_to_date", None, None),
+        Ok(CheckOutcome::Updated(d)) => ("updated", Some(d), None),
+        Ok(CheckOutcome::SkippedBad(d)) => ("skipped_bad", Some(d), None),
+        Ok(CheckOutcome::Held(why)) => ("held", None, Some(why.to_string())),
+        Ok(CheckOutcome::RolledBack { target, error }) => {
+            ("rolled_back", Some(target), Some(error))
+        }
+        Ok(CheckOutcome::Aborted(why)) => ("aborted", None, Some(why)),
+        Ok(CheckOutcome::Failed(why)) => ("failed", None, Some(why)),
+        Err(e) => ("failed", None, Some(crate::error_chain(&e))),
+    };
+    ActionResult {
+        outcome: outcome.to_string(),
+        digest,
+        error,
+    }
+}
+
+/// Runs an action asked for on the control socket.
+async fn run_job<E: crate::docker::Engine>(updater: &mut Updater<E>, job: Job) {
+    // An update an error left midway is resumed before anything new starts.
+    if let Err(e) = updater.reconcile().await {
+        warn!(error = %crate::error_chain(&e), "could not reconcile the worker with the journal");
+    }
+    match job {
+        Job::Check { reply } => {
+            info!("check asked for on the control socket");
+            let r = updater.check(Trigger::Cli).await;
+            if let Ok(o) = &r {
+                log_outcome(o);
+            }
+            let _ = reply.send(action_result(r));
+        }
+        Job::Update { digest, reply } => {
+            info!(digest = %digest, "update asked for on the control socket");
+            let r = match updater.forgive(&digest) {
+                Ok(()) => updater.update_to(&digest, Trigger::Cli).await,
+                Err(e) => Err(e),
+            };
+            if let Ok(o) = &r {
+                log_outcome(o);
+            }
+            let _ = reply.send(action_result(r));
+        }
+    }
 }
 
 fn registry_client(settings: &Settings) -> anyhow::Result<RegistryClient> {

@@ -54,6 +54,28 @@ pub enum UpdateError {
     },
 }
 
+/// What the updater shows of itself to watchers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct View {
+    pub phase: Phase,
+    pub state: State,
+    pub last_error: Option<String>,
+    pub last_check: Option<OffsetDateTime>,
+    pub next_check: Option<OffsetDateTime>,
+}
+
+impl Default for View {
+    fn default() -> Self {
+        View {
+            phase: Phase::Idle,
+            state: State::default(),
+            last_error: None,
+            last_check: None,
+            next_check: None,
+        }
+    }
+}
+
 /// What one check led to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CheckOutcome {
@@ -124,6 +146,8 @@ pub struct Updater<E: Engine> {
     machine: Machine,
     last_error: Option<String>,
     last_check: Option<OffsetDateTime>,
+    next_check: Option<OffsetDateTime>,
+    view: tokio::sync::watch::Sender<View>,
     strikes: HashMap<String, u32>,
     shutdown: CancellationToken,
 }
@@ -159,6 +183,8 @@ impl<E: Engine> Updater<E> {
             machine: Machine::default(),
             last_error: None,
             last_check: None,
+            next_check: None,
+            view: tokio::sync::watch::Sender::new(View::default()),
             strikes: HashMap::new(),
             shutdown,
         })
@@ -221,10 +247,50 @@ impl<E: Engine> Updater<E> {
             let _ = self.machine.go(p);
         }
         debug!(phase = %p, "phase");
+        self.publish();
     }
 
     fn save(&self) -> Result<(), UpdateError> {
-        Ok(self.journal.save(&self.state)?)
+        self.journal.save(&self.state)?;
+        self.publish();
+        Ok(())
+    }
+
+    /// Sends the current view to its watchers (the control socket).
+    fn publish(&self) {
+        self.view.send_replace(View {
+            phase: self.machine.phase(),
+            state: self.state.clone(),
+            last_error: self.last_error.clone(),
+            last_check: self.last_check,
+            next_check: self.next_check,
+        });
+    }
+
+    /// A live view of the updater, for status answers that must not wait on an update.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<View> {
+        self.publish();
+        self.view.subscribe()
+    }
+
+    /// When the daemon plans the next check (shown in status).
+    pub fn set_next_check(&mut self, at: Option<OffsetDateTime>) {
+        self.next_check = at;
+        self.publish();
+    }
+
+    /// An operator deploys `digest` on purpose: its bad mark and strikes go.
+    pub fn forgive(&mut self, digest: &str) -> Result<(), UpdateError> {
+        self.strikes.remove(digest);
+        if self.state.is_bad(digest) {
+            info!(
+                digest,
+                "an operator deploys a digest marked bad: the mark is cleared"
+            );
+            self.state.bad_digests.retain(|b| b.digest != digest);
+            self.save()?;
+        }
+        Ok(())
     }
 
     fn set_step(&mut self, step: Step) -> Result<(), UpdateError> {

@@ -8,6 +8,6 @@ pub mod failpoint;
 pub mod journal;
 pub mod machine;
 
-pub use driver::{CheckOutcome, UpdateError, Updater};
+pub use driver::{CheckOutcome, UpdateError, Updater, View};
 pub use journal::{HistoryEntry, Journal, Kind, Outcome, State, Step, Trigger};
 pub use machine::Phase;

@@ -1,0 +1,34 @@
+//! `agentctl check`: look for a new digest now, like a nudge from the hub.
+
+use super::client::Client;
+use super::output::{action_line, Output};
+use super::{CliError, Exit};
+
+/// Check for a new worker image digest now (like a nudge from the hub).
+///
+/// The agent resolves its tag or version range (or asks the hub) at once
+/// instead of at the next poll. If that names a new digest, the update runs
+/// through the usual path: pull while the old worker serves, drain, swap,
+/// verify, and roll back to the last good digest on failure. Without --wait
+/// agentctl returns as soon as the check has started; with --wait it blocks
+/// until the update ends (as long as the drain timeout allows) and exits 1
+/// if it was rolled back, aborted or failed. Interrupting agentctl does not
+/// stop the update: agentctl status shows how it goes.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Block until the update the check starts (if any) has ended, and exit
+    /// with its outcome.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+pub async fn run(args: Args, client: &Client, out: Output) -> Result<Exit, CliError> {
+    let reply = if args.wait {
+        client.showing_progress(out, client.check(true)).await?
+    } else {
+        client.check(false).await?
+    };
+    let ok = reply.value.ok();
+    out.answer(&reply, ok, action_line);
+    Ok(if ok { Exit::Ok } else { Exit::Failed })
+}

@@ -1,0 +1,131 @@
+//! `agentctl history [-n N]`: the audit trail.
+
+use serde::Serialize;
+
+use super::client::Client;
+use super::output::{millis, short_digest, table, timestamp, Output};
+use super::{CliError, Exit};
+use crate::update::journal::HistoryEntry;
+
+/// Show the audit trail of updates, rollbacks and drains, oldest first.
+///
+/// One line per entry: when, what (update, rollback, drain, undrain, pin,
+/// unpin), from which digest to which (the first 12 hex digits), the outcome
+/// (success, rolled_back, failed, aborted), what triggered it (poll, nudge,
+/// cli, hub, startup), the worker's downtime for updates, and the error.
+/// With --json, the full entries.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Only the last N entries.
+    #[arg(short = 'n', long = "last", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub n: Option<u32>,
+}
+
+pub async fn run(args: Args, client: &Client, out: Output) -> Result<Exit, CliError> {
+    let reply = client.history(args.n).await?;
+    out.answer(&reply, true, |h| render(h));
+    Ok(Exit::Ok)
+}
+
+/// The entries as a table, oldest first.
+pub fn render(entries: &[HistoryEntry]) -> String {
+    if entries.is_empty() {
+        return "no history yet".into();
+    }
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            vec![
+                timestamp(e.at),
+                name(&e.kind),
+                format!(
+                    "{} → {}",
+                    short_digest(e.from.as_deref()),
+                    short_digest(e.to.as_deref())
+                ),
+                name(&e.outcome),
+                name(&e.trigger),
+                e.downtime_ms.map_or_else(|| "-".into(), millis),
+                e.error.as_deref().map_or_else(
+                    || "-".into(),
+                    |s| s.split_whitespace().collect::<Vec<_>>().join(" "),
+                ),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "AT",
+            "KIND",
+            "FROM → TO",
+            "OUTCOME",
+            "TRIGGER",
+            "DOWNTIME",
+            "ERROR",
+        ],
+        &rows,
+    )
+}
+
+/// The wire name of a unit enum (`rolled_back`).
+fn name<T: Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => "?".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::update::journal::{Kind, Outcome, Trigger};
+    use time::macros::datetime;
+
+    #[test]
+    fn the_table_reads_at_a_glance() {
+        let d = |c: char| Some(format!("sha256:{}", c.to_string().repeat(64)));
+        let entries = vec![
+            HistoryEntry {
+                at: datetime!(2026-11-22 07:00:00 UTC),
+                kind: Kind::Update,
+                from: None,
+                to: d('a'),
+                outcome: Outcome::Success,
+                trigger: Trigger::Startup,
+                error: None,
+                downtime_ms: Some(0),
+            },
+            HistoryEntry {
+                at: datetime!(2026-11-22 07:10:00.5 UTC),
+                kind: Kind::Update,
+                from: d('a'),
+                to: d('b'),
+                outcome: Outcome::RolledBack,
+                trigger: Trigger::Cli,
+                error: Some("worker not healthy within 15s:\n  last output".into()),
+                downtime_ms: Some(17_250),
+            },
+            HistoryEntry {
+                at: datetime!(2026-11-22 07:20:00 UTC),
+                kind: Kind::Drain,
+                from: None,
+                to: None,
+                outcome: Outcome::Success,
+                trigger: Trigger::Cli,
+                error: None,
+                downtime_ms: None,
+            },
+        ];
+        assert_eq!(
+            render(&entries),
+            "\
+AT                    KIND    FROM → TO                      OUTCOME      TRIGGER  DOWNTIME  ERROR
+2026-11-22T07:00:00Z  update  - → aaaaaaaaaaaa               success      startup  0ms       -
+2026-11-22T07:10:00Z  update  aaaaaaaaaaaa → bbbbbbbbbbbb    rolled_back  cli      17.2s     worker not healthy within 15s: last output
+2026-11-22T07:20:00Z  drain   - → -                          success      cli      -         -
+"
+        );
+        assert_eq!(render(&[]), "no history yet");
+    }
+}

@@ -1,0 +1,206 @@
+//! `agentctl`: the operator's command line for the agent on this host. It
+//! speaks the control API (`control::api`) over the agent's Unix socket; this
+//! module owns the command-line surface (clap derive, one file per
+//! subcommand), the one `--json`/human output helper (`output`), the socket
+//! client (`client`) and the exit codes of the SPEC ([`Exit`]).
+//!
+//! The binary (`src/bin/agentctl.rs`) only parses and calls [`run`].
+
+pub mod check;
+pub mod client;
+pub mod history;
+pub mod output;
+pub mod status;
+pub mod update;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use client::Client;
+use output::Output;
+
+/// Where the agent listens unless `agent.control_socket` says otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/gpu-agent/agent.sock";
+
+/// Exit codes of `agentctl` (the SPEC's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    /// Done.
+    Ok = 0,
+    /// The action failed (rolled back, aborted, failed) or the agent hit an
+    /// error (HTTP 500, an answer that does not read, a connection that broke).
+    Failed = 1,
+    /// Bad command line. clap exits with this code itself on its own errors.
+    Usage = 2,
+    /// The agent is not reachable: no socket, nobody listening, no permission,
+    /// or no answer in time.
+    Unreachable = 3,
+    /// Refused in the agent's current state (HTTP 409); the message says why.
+    Refused = 4,
+}
+
+/// Why a command did not get done; each maps to one exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(
+        "cannot reach gpu-agent at {path}: {cause} (is the agent running? is {path} its \
+         agent.control_socket? are you root or in group gpu-agent?)",
+        path = .socket.display()
+    )]
+    Unreachable { socket: PathBuf, cause: String },
+    #[error(
+        "gpu-agent at {path} did not answer within {secs} s (is it stuck? see journalctl -u gpu-agent)",
+        path = .socket.display()
+    )]
+    NoAnswer { socket: PathBuf, secs: u64 },
+    /// HTTP 409: the server's own text.
+    #[error("{0}")]
+    Refused(String),
+    /// HTTP 400: the agent found the request malformed.
+    #[error("gpu-agent refused the request as malformed: {0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl CliError {
+    pub fn exit(&self) -> Exit {
+        match self {
+            CliError::Unreachable { .. } | CliError::NoAnswer { .. } => Exit::Unreachable,
+            CliError::Refused(_) => Exit::Refused,
+            CliError::BadRequest(_) => Exit::Usage,
+            CliError::Failed(_) => Exit::Failed,
+        }
+    }
+}
+
+/// Operate the gpu-agent of this host: see what the GPU worker runs, check
+/// for or deploy a new worker image, read the audit trail.
+///
+/// agentctl talks to the agent over its control socket (root and group
+/// gpu-agent only). Exit codes: 0 done; 1 failed (rolled back, aborted, an
+/// agent error); 2 usage; 3 the agent is not reachable; 4 refused in the
+/// agent's current state (the message says why).
+#[derive(Debug, Parser)]
+#[command(name = "agentctl", version)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// The agent's control socket (its agent.control_socket).
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "GPU_AGENT_SOCKET",
+        default_value = DEFAULT_SOCKET
+    )]
+    pub socket: PathBuf,
+    /// Print the agent's answer as JSON (for scripts) instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Status(status::Args),
+    Check(check::Args),
+    Update(update::Args),
+    History(history::Args),
+}
+
+/// Runs one parsed command line and prints its outcome; returns the exit code.
+pub fn run(cli: Cli) -> Exit {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("agentctl: starting the runtime: {e}");
+            return Exit::Failed;
+        }
+    };
+    let out = Output::new(cli.global.json);
+    match rt.block_on(dispatch(cli, out)) {
+        Ok(code) => code,
+        Err(e) => {
+            out.error(&e.to_string());
+            e.exit()
+        }
+    }
+}
+
+async fn dispatch(cli: Cli, out: Output) -> Result<Exit, CliError> {
+    let client = Client::new(&cli.global.socket)?;
+    match cli.command {
+        Command::Status(a) => status::run(a, &client, out).await,
+        Command::Check(a) => check::run(a, &client, out).await,
+        Command::Update(a) => update::run(a, &client, out).await,
+        Command::History(a) => history::run(a, &client, out).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_options_go_before_or_after_the_command() {
+        let c = Cli::try_parse_from(["agentctl", "--json", "status"]).unwrap();
+        assert!(c.global.json);
+        let c =
+            Cli::try_parse_from(["agentctl", "status", "--socket", "/x.sock", "--json"]).unwrap();
+        assert!(c.global.json);
+        assert_eq!(c.global.socket, PathBuf::from("/x.sock"));
+    }
+
+    #[test]
+    fn usage_errors_are_exit_code_2() {
+        for args in [
+            &["agentctl", "frobnicate"][..],
+            &["agentctl", "status", "--frob"],
+            &["agentctl", "update"],
+            &["agentctl", "update", "--digest", "latest"],
+            &["agentctl", "history", "-n", "0"],
+        ] {
+            let e = Cli::try_parse_from(args).unwrap_err();
+            assert_eq!(e.exit_code(), Exit::Usage as i32, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn errors_map_to_the_spec_exit_codes() {
+        let socket = PathBuf::from("/run/x.sock");
+        let e = CliError::Unreachable {
+            socket: socket.clone(),
+            cause: "No such file or directory (os error 2)".into(),
+        };
+        assert_eq!(e.exit(), Exit::Unreachable);
+        assert!(e
+            .to_string()
+            .starts_with("cannot reach gpu-agent at /run/x.sock: No such file"));
+        assert!(e.to_string().contains("is the agent running?"));
+        assert_eq!(
+            CliError::NoAnswer { socket, secs: 10 }.exit(),
+            Exit::Unreachable
+        );
+        assert_eq!(CliError::Refused("busy".into()).exit(), Exit::Refused);
+        assert_eq!(CliError::BadRequest("x".into()).exit(), Exit::Usage);
+        assert_eq!(CliError::Failed("x".into()).exit(), Exit::Failed);
+    }
+}

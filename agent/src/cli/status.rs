@@ -1,0 +1,198 @@
+//! `agentctl status`: what the agent is doing and what the worker runs.
+
+use time::OffsetDateTime;
+
+use super::client::Client;
+use super::output::{key_values, moment, short_digest, when, Output};
+use super::{CliError, Exit};
+use crate::control::api::Status;
+
+/// Show what the agent is doing and what the worker runs.
+///
+/// The phase (idle, checking, pulling, draining, swapping, verifying,
+/// rolling_back, drained, failed), the digest the worker runs and the last
+/// one that passed verification, whether the worker is drained or pinned, the
+/// digests marked bad (and why), when the agent last checked for a new digest
+/// and when it checks next, its last error, and the update in progress.
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub async fn run(_args: Args, client: &Client, out: Output) -> Result<Exit, CliError> {
+    let reply = client.status().await?;
+    out.answer(&reply, true, |s| render(s, OffsetDateTime::now_utc()));
+    Ok(Exit::Ok)
+}
+
+/// The status as aligned `key: value` lines.
+pub fn render(s: &Status, now: OffsetDateTime) -> String {
+    let mut rows: Vec<(&str, String)> = vec![
+        ("agent", s.agent_id.clone()),
+        ("phase", s.phase.clone()),
+        ("image", format!("{} ({})", s.image, s.policy)),
+        (
+            "current",
+            s.current_digest.clone().unwrap_or_else(|| "none".into()),
+        ),
+        (
+            "last good",
+            s.last_good_digest.clone().unwrap_or_else(|| "none".into()),
+        ),
+        (
+            "drained",
+            if s.drained {
+                "yes (updates are held until agentctl undrain)".into()
+            } else {
+                "no".into()
+            },
+        ),
+        (
+            "pinned",
+            match &s.pinned {
+                Some(p) => format!("{p} (updates are held until agentctl unpin)"),
+                None => "no".into(),
+            },
+        ),
+    ];
+    if s.bad_digests.is_empty() {
+        rows.push(("bad digests", "none".into()));
+    }
+    for (i, b) in s.bad_digests.iter().enumerate() {
+        let key = if i == 0 { "bad digests" } else { "" };
+        let at = moment(b.at, now);
+        rows.push((key, format!("{}  marked {at}: {}", b.digest, b.reason)));
+    }
+    rows.push((
+        "last check",
+        s.last_check
+            .as_deref()
+            .map_or_else(|| "never".into(), |t| when(t, now)),
+    ));
+    rows.push((
+        "next check",
+        s.next_check
+            .as_deref()
+            .map_or_else(|| "none scheduled".into(), |t| when(t, now)),
+    ));
+    rows.push((
+        "last error",
+        s.last_error.clone().unwrap_or_else(|| "none".into()),
+    ));
+    rows.push((
+        "update",
+        s.pending
+            .as_ref()
+            .map_or_else(|| "none in progress".into(), |p| pending(p, now)),
+    ));
+    key_values(&rows)
+}
+
+/// The update in progress: `from → to, step draining, trigger cli, started … (12s ago)`.
+fn pending(p: &serde_json::Value, now: OffsetDateTime) -> String {
+    let text = |k: &str| p.get(k).and_then(|v| v.as_str());
+    let mut s = format!(
+        "{} → {}",
+        short_digest(text("from")),
+        short_digest(text("to"))
+    );
+    if let Some(step) = text("step") {
+        s.push_str(&format!(", step {step}"));
+    }
+    if let Some(trigger) = text("trigger") {
+        s.push_str(&format!(", trigger {trigger}"));
+    }
+    if let Some(at) = text("started_at") {
+        s.push_str(&format!(", started {}", when(at, now)));
+    }
+    if let Some(e) = text("error") {
+        s.push_str(&format!("\nrolling back because: {e}"));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::update::journal::BadDigest;
+    use time::macros::datetime;
+
+    fn digest(c: char) -> String {
+        format!("sha256:{}", c.to_string().repeat(64))
+    }
+
+    #[test]
+    fn a_busy_status_reads_at_a_glance() {
+        let now = datetime!(2026-11-22 07:15:23 UTC);
+        let s = Status {
+            agent_id: "gpu-host-17".into(),
+            phase: "draining".into(),
+            current_digest: Some(digest('a')),
+            last_good_digest: Some(digest('a')),
+            drained: false,
+            pinned: None,
+            bad_digests: vec![BadDigest {
+                digest: digest('b'),
+                reason: "not healthy within 15s".into(),
+                at: datetime!(2026-11-22 07:11:23 UTC),
+            }],
+            last_check: Some("2026-11-22T07:15:11Z".into()),
+            next_check: Some("2026-11-22T07:19:23Z".into()),
+            last_error: None,
+            image: "ghcr.io/acme/worker".into(),
+            policy: "tag stable".into(),
+            pending: Some(serde_json::json!({
+                "from": digest('a'), "to": digest('c'), "step": "draining",
+                "trigger": "cli", "started_at": "2026-11-22T07:15:13Z"
+            })),
+        };
+        let text = render(&s, now);
+        let expected = format!(
+            "agent:        gpu-host-17
+phase:        draining
+image:        ghcr.io/acme/worker (tag stable)
+current:      {a}
+last good:    {a}
+drained:      no
+pinned:       no
+bad digests:  {b}  marked 2026-11-22T07:11:23Z (4m ago): not healthy within 15s
+last check:   2026-11-22T07:15:11Z (12s ago)
+next check:   2026-11-22T07:19:23Z (in 4m)
+last error:   none
+update:       aaaaaaaaaaaa → cccccccccccc, step draining, trigger cli, started 2026-11-22T07:15:13Z (10s ago)
+",
+            a = digest('a'),
+            b = digest('b')
+        );
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn a_fresh_agent_says_none_and_never() {
+        let s = Status {
+            agent_id: "h".into(),
+            phase: "idle".into(),
+            current_digest: None,
+            last_good_digest: None,
+            drained: true,
+            pinned: Some("sha256:x".into()),
+            bad_digests: vec![],
+            last_check: None,
+            next_check: None,
+            last_error: Some("registry down\nsecond line".into()),
+            image: "r".into(),
+            policy: "version ^2".into(),
+            pending: None,
+        };
+        let text = render(&s, datetime!(2026-11-22 07:15:23 UTC));
+        for line in [
+            "current:      none",
+            "drained:      yes (updates are held until agentctl undrain)",
+            "pinned:       sha256:x (updates are held until agentctl unpin)",
+            "bad digests:  none",
+            "last check:   never",
+            "last error:   registry down\n              second line",
+            "update:       none in progress",
+        ] {
+            assert!(text.contains(line), "{line:?} not in\n{text}");
+        }
+    }
+}

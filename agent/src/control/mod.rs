@@ -1,0 +1,12 @@
+//! The local control socket that `agentctl` speaks: HTTP/JSON over a Unix
+//! socket (`api.rs` holds the wire types and the list of calls).
+//!
+//! Status and history are answered from the updater's published view and the
+//! history file, so they never wait on an update. Actions (check, update) go
+//! to the daemon loop as [`Job`]s; one asked for while an update runs is
+//! refused (409) with the reason.
+
+pub mod api;
+mod server;
+
+pub use server::{bind, serve, ControlError, ControlState, Job};
