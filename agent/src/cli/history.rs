@@ -120,10 +120,10 @@ mod tests {
         assert_eq!(
             render(&entries),
             "\
-AT                    KIND    FROM → TO                      OUTCOME      TRIGGER  DOWNTIME  ERROR
-2026-11-22T07:00:00Z  update  - → aaaaaaaaaaaa               success      startup  0ms       -
-2026-11-22T07:10:00Z  update  aaaaaaaaaaaa → bbbbbbbbbbbb    rolled_back  cli      17.2s     worker not healthy within 15s: last output
-2026-11-22T07:20:00Z  drain   - → -                          success      cli      -         -
+AT                    KIND    FROM → TO                    OUTCOME      TRIGGER  DOWNTIME  ERROR
+2026-11-22T07:00:00Z  update  - → aaaaaaaaaaaa             success      startup  0ms       -
+2026-11-22T07:10:00Z  update  aaaaaaaaaaaa → bbbbbbbbbbbb  rolled_back  cli      17.2s     worker not healthy within 15s: last output
+2026-11-22T07:20:00Z  drain   - → -                        success      cli      -         -
 "
         );
         assert_eq!(render(&[]), "no history yet");

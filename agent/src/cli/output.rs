@@ -145,6 +145,8 @@ pub fn when(rfc3339: &str, now: OffsetDateTime) -> String {
 
 /// `2026-11-22T07:15:11Z (12s ago)`.
 pub fn moment(t: OffsetDateTime, now: OffsetDateTime) -> String {
+    // Counted from the second shown, so that the two agree.
+    let t = t.replace_nanosecond(0).unwrap_or(t);
     format!("{} ({})", timestamp(t), relative(t, now))
 }
 
