@@ -59,6 +59,8 @@ async fn rolls_back(variant: &str, name: &str, expect_error: &str) {
     let bad = s.push(variant, "stable");
     let e = s.wait_history(&bad, "rolled_back", &agent).await;
     assert_eq!(e["from"], v1);
+    // Downtime: the old worker stopped, the bad one failed, the old one answered again.
+    assert!(e["downtime_ms"].as_u64().is_some_and(|ms| ms > 0), "{e}");
     let err = e["error"].as_str().unwrap();
     assert!(
         err.contains(expect_error),

@@ -3,6 +3,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -23,6 +24,10 @@ use crate::config::Settings;
 use crate::registry::is_sha256_digest;
 use crate::update::{Journal, Phase, View};
 
+/// The refusal while another action is accepted and not yet done.
+const QUEUED: &str =
+    "another agentctl action was accepted and has not ended yet; try again when it ends";
+
 /// The group allowed to use the socket besides root.
 const SOCKET_GROUP: &str = "gpu-agent";
 
@@ -38,16 +43,38 @@ pub enum ControlError {
     },
 }
 
-/// Work for the daemon loop, with where to send the answer.
+/// Work for the daemon loop, with where to send the answer. Each job holds
+/// the one [`Ticket`] until it has run.
 #[derive(Debug)]
 pub enum Job {
     Check {
         reply: oneshot::Sender<ActionResult>,
+        ticket: Ticket,
     },
     Update {
         digest: String,
         reply: oneshot::Sender<ActionResult>,
+        ticket: Ticket,
     },
+}
+
+/// One action at a time: taken when a job is accepted, given back when it is
+/// dropped (drop it before answering, so the next request finds it free).
+#[derive(Debug)]
+pub struct Ticket(Arc<AtomicBool>);
+
+impl Ticket {
+    fn take(busy: &Arc<AtomicBool>) -> Option<Ticket> {
+        busy.compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .ok()
+            .map(|_| Ticket(busy.clone()))
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 /// What the routes need.
@@ -57,6 +84,8 @@ pub struct ControlState {
     pub view: watch::Receiver<View>,
     pub jobs: mpsc::Sender<Job>,
     pub journal: Journal,
+    /// Set while an accepted action waits or runs.
+    pub busy: Arc<AtomicBool>,
 }
 
 /// Binds the socket at `path`: a socket file left by a crash is replaced, one
@@ -238,8 +267,11 @@ async fn check(State(s): State<ControlState>, bytes: Bytes) -> Response {
     if let Some(why) = refusal(&s.view.borrow()) {
         return error(StatusCode::CONFLICT, why);
     }
+    let Some(ticket) = Ticket::take(&s.busy) else {
+        return error(StatusCode::CONFLICT, QUEUED.into());
+    };
     let (reply, rx) = oneshot::channel();
-    if let Err(why) = send(&s, Job::Check { reply }).await {
+    if let Err(why) = send(&s, Job::Check { reply, ticket }).await {
         return error(StatusCode::INTERNAL_SERVER_ERROR, why);
     }
     if req.wait {
@@ -271,12 +303,16 @@ async fn update(State(s): State<ControlState>, bytes: Bytes) -> Response {
     if let Some(why) = refusal(&s.view.borrow()) {
         return error(StatusCode::CONFLICT, why);
     }
+    let Some(ticket) = Ticket::take(&s.busy) else {
+        return error(StatusCode::CONFLICT, QUEUED.into());
+    };
     let (reply, rx) = oneshot::channel();
     if let Err(resp) = send(
         &s,
         Job::Update {
             digest: req.digest,
             reply,
+            ticket,
         },
     )
     .await
@@ -308,6 +344,15 @@ mod tests {
         assert!(path.exists());
         let again = bind(&path).await.unwrap();
         drop(again);
+    }
+
+    #[test]
+    fn one_ticket_at_a_time() {
+        let busy = Arc::new(AtomicBool::new(false));
+        let t = Ticket::take(&busy).expect("free");
+        assert!(Ticket::take(&busy).is_none(), "a second action got in");
+        drop(t);
+        assert!(Ticket::take(&busy).is_some(), "the ticket came back");
     }
 
     #[test]

@@ -81,6 +81,7 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
             view: updater.watch(),
             jobs: jobs_tx,
             journal: updater.journal().clone(),
+            busy: Default::default(),
         },
         shutdown.clone(),
     ));
@@ -246,15 +247,20 @@ async fn run_job<E: crate::docker::Engine>(updater: &mut Updater<E>, job: Job) {
         warn!(error = %crate::error_chain(&e), "could not reconcile the worker with the journal");
     }
     match job {
-        Job::Check { reply } => {
+        Job::Check { reply, ticket } => {
             info!("check asked for on the control socket");
             let r = updater.check(Trigger::Cli).await;
             if let Ok(o) = &r {
                 log_outcome(o);
             }
+            drop(ticket);
             let _ = reply.send(action_result(r));
         }
-        Job::Update { digest, reply } => {
+        Job::Update {
+            digest,
+            reply,
+            ticket,
+        } => {
             info!(digest = %digest, "update asked for on the control socket");
             let r = match updater.forgive(&digest) {
                 Ok(()) => updater.update_to(&digest, Trigger::Cli).await,
@@ -263,6 +269,7 @@ async fn run_job<E: crate::docker::Engine>(updater: &mut Updater<E>, job: Job) {
             if let Ok(o) = &r {
                 log_outcome(o);
             }
+            drop(ticket);
             let _ = reply.send(action_result(r));
         }
     }

@@ -373,6 +373,7 @@ impl<E: Engine> Updater<E> {
                         error,
                         blame: Blame::None,
                     },
+                    None,
                 )
                 .await?;
                 Ok(())
@@ -687,7 +688,7 @@ impl<E: Engine> Updater<E> {
                 self.cleanup_after_commit().await;
                 Ok(CheckOutcome::Updated(p.to.clone()))
             }
-            Err(f) => self.rollback(p, f).await,
+            Err(f) => self.rollback(p, f, Some(t0)).await,
         }
     }
 
@@ -983,11 +984,13 @@ impl<E: Engine> Updater<E> {
 
     /// Puts the old digest back under the primary name and verifies it; the
     /// failed digest is marked bad or counted first, as its blame says.
-    /// Idempotent: a resumed rollback runs it again.
+    /// Idempotent: a resumed rollback runs it again. `swap_began` (when the
+    /// old worker was stopped, if this run saw it) gives the downtime.
     async fn rollback(
         &mut self,
         p: &Pending,
         failure: Failure,
+        swap_began: Option<Instant>,
     ) -> Result<CheckOutcome, UpdateError> {
         let error = failure.error;
         warn!(digest = %p.to, error = %error, blame = ?failure.blame, "the new worker failed; rolling back");
@@ -1072,8 +1075,10 @@ impl<E: Engine> Updater<E> {
         self.state.pending = None;
         self.save()?;
         match back {
-            Ok(_) => {
-                self.history(p, Outcome::RolledBack, Some(error.clone()), None);
+            Ok(healthy_at) => {
+                let downtime = swap_began
+                    .map(|t0| healthy_at.saturating_duration_since(t0).as_millis() as u64);
+                self.history(p, Outcome::RolledBack, Some(error.clone()), downtime);
                 self.last_error = Some(format!("{} was rolled back: {error}", p.to));
                 self.set_phase(Phase::Idle);
                 Ok(CheckOutcome::RolledBack {
