@@ -21,7 +21,7 @@ use client::Client;
 use output::Output;
 
 /// Where the agent listens unless `agent.control_socket` says otherwise.
-pub const DEFAULT_SOCKET: &str = "/run/gpu-agent/agent.sock";
+pub use crate::config::DEFAULT_CONTROL_SOCKET as DEFAULT_SOCKET;
 
 /// Exit codes of `agentctl` (the SPEC's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

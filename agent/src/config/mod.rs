@@ -19,6 +19,8 @@ pub use units::{parse_duration, parse_size};
 
 /// The main config path when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/gpu-agent/agent.toml";
+/// `agent.control_socket` when the config does not set it (also agentctl's default).
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/gpu-agent/agent.sock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -159,7 +159,7 @@ pub(super) fn validate(f: Fragment, o: &Origin) -> Result<Settings, ConfigError>
         control_socket: PathBuf::from(
             agent
                 .control_socket
-                .unwrap_or_else(|| "/run/gpu-agent/agent.sock".into()),
+                .unwrap_or_else(|| super::DEFAULT_CONTROL_SOCKET.into()),
         ),
         metrics_listen,
     };
