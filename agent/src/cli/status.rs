@@ -143,6 +143,9 @@ mod tests {
                 "from": digest('a'), "to": digest('c'), "step": "draining",
                 "trigger": "cli", "started_at": "2026-11-22T07:15:13Z"
             })),
+            drain_reason: None,
+            drained_at: None,
+            pinned_digest: None,
         };
         let text = render(&s, now);
         let expected = format!(
@@ -181,6 +184,9 @@ update:       aaaaaaaaaaaa → cccccccccccc, step draining, trigger cli, started
             image: "r".into(),
             policy: "version ^2".into(),
             pending: None,
+            drain_reason: None,
+            drained_at: None,
+            pinned_digest: None,
         };
         let text = render(&s, datetime!(2026-11-22 07:15:23 UTC));
         for line in [

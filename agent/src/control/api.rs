@@ -8,6 +8,12 @@
 //! | `GET /v1/history?n=N` | 200 `[HistoryEntry]`, oldest first, the last N (all without `n`) |
 //! | `POST /v1/check` [`CheckRequest`] | 200 [`ActionResult`] (with `wait`: when the update it starts ends; else at once, `outcome: "started"`) |
 //! | `POST /v1/update` [`UpdateRequest`] | 200 [`ActionResult`] once the update ends |
+//! | `POST /v1/drain` [`DrainRequest`] | 200 [`ActionResult`] `drained` (with `wait`: once the worker is stopped; else at once, `started`) |
+//! | `POST /v1/undrain` (no body) | 200 [`ActionResult`] `undrained` once the worker passed its health gate |
+//! | `POST /v1/rollback` (no body) | 200 [`ActionResult`] `updated` (to the earlier good digest) once it is verified |
+//! | `POST /v1/pin` [`PinRequest`] | 200 [`ActionResult`] `updated` or `up_to_date` once the pinned digest runs |
+//! | `POST /v1/unpin` (no body) | 200 [`ActionResult`] `unpinned` |
+//! | `GET /v1/health` | 200 [`Health`] |
 //!
 //! Errors are `{"error": "..."}` with 400 (malformed request), 404 (no such
 //! call), 409 (refused in the current state: the text says why) or 500.
@@ -38,6 +44,91 @@ pub struct Status {
     pub policy: String,
     /// The update in progress, if any: `{from, to, step, trigger, started_at}`.
     pub pending: Option<serde_json::Value>,
+    /// The operator's reason for the maintenance drain (with `drained`).
+    #[serde(default)]
+    pub drain_reason: Option<String>,
+    /// RFC 3339: when the maintenance drain was asked for.
+    #[serde(default)]
+    pub drained_at: Option<String>,
+    /// The digest `pinned` resolved to when it was pinned (the same as
+    /// `pinned` for a digest pin).
+    #[serde(default)]
+    pub pinned_digest: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainRequest {
+    /// Why (shown in status and history).
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// How long in-flight jobs may take, like `"10m"`; default
+    /// `worker.drain.timeout`. At the deadline `worker.drain.on_timeout`
+    /// decides: `abort` gives the worker its jobs back and refuses the drain
+    /// (outcome `aborted`, the error says how many jobs were in flight),
+    /// `proceed` stops it anyway.
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Answer only once the worker is stopped (or the drain was aborted).
+    #[serde(default)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinRequest {
+    /// A digest (`sha256:…`) or a tag of the configured repository.
+    pub reference: String,
+}
+
+/// `agentctl health --json`: the worker, the GPUs and the hub, now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// `healthy` when every part that is checked is, else `unhealthy`
+    /// (`drained` while drained for maintenance).
+    pub verdict: String,
+    pub worker: WorkerHealth,
+    pub gpu: PartHealth,
+    pub hub: PartHealth,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerHealth {
+    /// `healthy`, `unhealthy`, `starting`, `drained`, `missing`.
+    pub verdict: String,
+    /// The container name and what the engine says of it (`running`,
+    /// `restarting`, `exited`, ...), or null when there is none.
+    pub container: Option<String>,
+    pub state: Option<String>,
+    pub digest: Option<String>,
+    pub restart_count: Option<i64>,
+    /// The image's HEALTHCHECK status (`healthy`, `unhealthy`, `starting`), if it has one.
+    pub healthcheck: Option<String>,
+    /// `worker.health.http`, probed now.
+    pub http: Option<Probe>,
+    /// Jobs in flight from `worker.drain.http`, probed now.
+    pub in_flight: Option<u64>,
+    /// What is wrong, in words.
+    pub problem: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Probe {
+    pub url: String,
+    pub ok: bool,
+    pub latency_ms: u64,
+    pub error: Option<String>,
+}
+
+/// The GPU and hub parts: `verdict` is `healthy`, `unhealthy`, `not_checked`
+/// or `not_configured`; `detail` says why in words; `data` holds what the
+/// subsystem reports (per-GPU readings, the hub's view of the worker).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartHealth {
+    pub verdict: String,
+    pub detail: String,
+    #[serde(default)]
+    pub data: serde_json::Value,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,8 +149,9 @@ pub struct UpdateRequest {
 /// What a check or an update led to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActionResult {
-    /// `started` (check without wait), `up_to_date`, `updated`, `skipped_bad`,
-    /// `held`, `rolled_back`, `aborted`, `failed`.
+    /// `started` (check or drain without wait), `up_to_date`, `updated`,
+    /// `skipped_bad`, `held`, `drained`, `undrained`, `unpinned` (done);
+    /// `rolled_back`, `aborted`, `failed` (not done: `error` says why).
     pub outcome: String,
     pub digest: Option<String>,
     pub error: Option<String>,
@@ -70,7 +162,14 @@ impl ActionResult {
     pub fn ok(&self) -> bool {
         matches!(
             self.outcome.as_str(),
-            "started" | "up_to_date" | "updated" | "skipped_bad" | "held"
+            "started"
+                | "up_to_date"
+                | "updated"
+                | "skipped_bad"
+                | "held"
+                | "drained"
+                | "undrained"
+                | "unpinned"
         )
     }
 }

@@ -177,6 +177,9 @@ fn status_of(settings: &Settings, v: &View) -> Status {
             .pending
             .as_ref()
             .and_then(|p| serde_json::to_value(p).ok()),
+        drain_reason: v.state.drain_reason.clone(),
+        drained_at: rfc3339(v.state.drained_at),
+        pinned_digest: v.state.pinned_digest.clone(),
     }
 }
 

@@ -91,7 +91,14 @@ pub struct State {
     pub previous_good: Vec<String>,
     pub bad_digests: Vec<BadDigest>,
     pub drained: bool,
+    /// The operator's reason for the maintenance drain.
+    pub drain_reason: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub drained_at: Option<OffsetDateTime>,
+    /// What the operator pinned (a digest or a tag) ...
     pub pinned: Option<String>,
+    /// ... and the digest it named then.
+    pub pinned_digest: Option<String>,
     pub pending: Option<Pending>,
 }
 
