@@ -1,10 +1,13 @@
 //! The control socket's server: binding (stale sockets replaced, live ones not
 //! stolen, mode 0660, group `gpu-agent` where it exists) and the routes.
 
+use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Query, State};
@@ -19,7 +22,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::api::{ActionResult, CheckRequest, ErrorBody, Status, UpdateRequest};
+use super::api::{
+    ActionResult, CheckRequest, DrainRequest, ErrorBody, Health, PinRequest, Status, UpdateRequest,
+};
 use crate::config::Settings;
 use crate::registry::is_sha256_digest;
 use crate::update::{Journal, Phase, View};
@@ -43,19 +48,32 @@ pub enum ControlError {
     },
 }
 
+/// An operator's action for the daemon loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Check,
+    Update {
+        digest: String,
+    },
+    Drain {
+        reason: Option<String>,
+        timeout: Option<Duration>,
+    },
+    Undrain,
+    Rollback,
+    Pin {
+        reference: String,
+    },
+    Unpin,
+}
+
 /// Work for the daemon loop, with where to send the answer. Each job holds
 /// the one [`Ticket`] until it has run.
 #[derive(Debug)]
-pub enum Job {
-    Check {
-        reply: oneshot::Sender<ActionResult>,
-        ticket: Ticket,
-    },
-    Update {
-        digest: String,
-        reply: oneshot::Sender<ActionResult>,
-        ticket: Ticket,
-    },
+pub struct Job {
+    pub action: Action,
+    pub reply: oneshot::Sender<ActionResult>,
+    pub ticket: Ticket,
 }
 
 /// One action at a time: taken when a job is accepted, given back when it is
@@ -80,12 +98,23 @@ impl Drop for Ticket {
 /// What the routes need.
 #[derive(Clone)]
 pub struct ControlState {
-    pub settings: Arc<Settings>,
+    /// The running config (replaced on SIGHUP).
+    pub settings: watch::Receiver<Arc<Settings>>,
     pub view: watch::Receiver<View>,
     pub jobs: mpsc::Sender<Job>,
     pub journal: Journal,
     /// Set while an accepted action waits or runs.
     pub busy: Arc<AtomicBool>,
+    /// Ends the wait of a maintenance drain (`agentctl undrain` during one).
+    pub drain_cancel: Arc<AtomicBool>,
+    /// Answers `agentctl health`.
+    pub health: Arc<dyn HealthSource>,
+}
+
+/// What answers `GET /v1/health`: it looks at the engine and probes the
+/// worker now, beside (never through) the update loop.
+pub trait HealthSource: Send + Sync {
+    fn health(&self, view: View) -> Pin<Box<dyn Future<Output = Health> + Send + '_>>;
 }
 
 /// Binds the socket at `path`: a socket file left by a crash is replaced, one
@@ -133,8 +162,14 @@ pub async fn serve(listener: UnixListener, state: ControlState, shutdown: Cancel
     let app = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/history", get(history))
+        .route("/v1/health", get(health))
         .route("/v1/check", post(check))
         .route("/v1/update", post(update))
+        .route("/v1/drain", post(drain))
+        .route("/v1/undrain", post(undrain))
+        .route("/v1/rollback", post(rollback))
+        .route("/v1/pin", post(pin))
+        .route("/v1/unpin", post(unpin))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
@@ -185,7 +220,8 @@ fn status_of(settings: &Settings, v: &View) -> Status {
 
 async fn status(State(s): State<ControlState>) -> Response {
     let v = s.view.borrow().clone();
-    Json(status_of(&s.settings, &v)).into_response()
+    let settings = s.settings.borrow().clone();
+    Json(status_of(&settings, &v)).into_response()
 }
 
 #[derive(Deserialize)]
@@ -225,31 +261,100 @@ fn body<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> Result<T, String> {
     serde_json::from_slice(text).map_err(|e| format!("malformed request body: {e}"))
 }
 
-/// Why an action cannot start now, if it cannot.
-fn refusal(v: &View) -> Option<String> {
-    if v.state.drained || v.phase == Phase::Drained {
-        return Some("the worker is drained for maintenance: run `agentctl undrain` first".into());
-    }
-    if v.phase.is_updating() || v.phase == Phase::Checking || v.state.pending.is_some() {
-        let to = v
-            .state
-            .pending
-            .as_ref()
-            .map(|p| format!(" to {}", p.to))
-            .unwrap_or_default();
+/// Why the loop cannot take an action now (an update or a check runs), if so.
+fn busy(v: &View) -> Option<String> {
+    if let Some(p) = &v.state.pending {
         return Some(format!(
-            "an update{to} is in progress (phase: {}); try again when it ends",
-            v.phase
+            "an update to {} is in progress (phase: {}); try again when it ends",
+            p.to, v.phase
         ));
     }
-    None
+    match v.phase {
+        Phase::Checking => Some("the agent is checking the registry; try again in a moment".into()),
+        Phase::Draining if v.state.drained => Some(
+            "a maintenance drain is waiting for in-flight jobs; agentctl undrain cancels it".into(),
+        ),
+        p if p.is_updating() => Some(format!(
+            "an update is in progress (phase: {p}); try again when it ends"
+        )),
+        _ => None,
+    }
 }
 
-async fn send(s: &ControlState, job: Job) -> Result<(), String> {
+/// Why `action` cannot start now, if it cannot.
+fn refusal(action: &Action, v: &View) -> Option<String> {
+    let st = &v.state;
+    let drained = || {
+        st.drained.then(|| {
+            "the worker is drained for maintenance: run `agentctl undrain` first".to_string()
+        })
+    };
+    let pinned = || {
+        st.pinned.as_ref().map(|p| {
+            format!(
+                "the worker is pinned to {p}: run `agentctl unpin` first, or `agentctl pin` the digest you want"
+            )
+        })
+    };
+    match action {
+        Action::Check | Action::Pin { .. } => drained().or_else(|| busy(v)),
+        Action::Update { .. } => drained().or_else(|| busy(v)).or_else(pinned),
+        Action::Rollback => drained().or_else(|| busy(v)).or_else(pinned).or_else(|| {
+            st.rollback_target().is_none().then(|| {
+                "there is no earlier good digest to roll back to (agentctl history shows what ran)"
+                    .to_string()
+            })
+        }),
+        Action::Drain { .. } if st.drained => Some(format!(
+            "the worker is already drained{}{}; `agentctl undrain` ends it",
+            st.drained_at
+                .and_then(|t| t.format(&Rfc3339).ok())
+                .map(|t| format!(" since {t}"))
+                .unwrap_or_default(),
+            st.drain_reason
+                .as_ref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        )),
+        Action::Drain { .. } => busy(v),
+        Action::Undrain if !st.drained => {
+            Some("the worker is not drained; nothing to undrain".into())
+        }
+        Action::Undrain => busy(v),
+        Action::Unpin if st.pinned.is_none() => {
+            Some("the worker is not pinned; nothing to unpin".into())
+        }
+        Action::Unpin => busy(v),
+    }
+}
+
+/// Takes the ticket and hands `action` to the loop; the receiver gets the
+/// result when it has run. An `Err` is the answer to give instead.
+async fn submit(
+    s: &ControlState,
+    action: Action,
+) -> Result<oneshot::Receiver<ActionResult>, Response> {
+    if let Some(why) = refusal(&action, &s.view.borrow()) {
+        return Err(error(StatusCode::CONFLICT, why));
+    }
+    let Some(ticket) = Ticket::take(&s.busy) else {
+        return Err(error(StatusCode::CONFLICT, QUEUED.into()));
+    };
+    let (reply, rx) = oneshot::channel();
     s.jobs
-        .send(job)
+        .send(Job {
+            action,
+            reply,
+            ticket,
+        })
         .await
-        .map_err(|_| "the agent is shutting down".to_string())
+        .map_err(|_| {
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the agent is shutting down".into(),
+            )
+        })?;
+    Ok(rx)
 }
 
 async fn answer(rx: oneshot::Receiver<ActionResult>) -> Response {
@@ -262,30 +367,32 @@ async fn answer(rx: oneshot::Receiver<ActionResult>) -> Response {
     }
 }
 
+fn started() -> Response {
+    Json(ActionResult {
+        outcome: "started".into(),
+        digest: None,
+        error: None,
+    })
+    .into_response()
+}
+
+/// Submits `action` and answers when it has run.
+async fn run(s: &ControlState, action: Action) -> Response {
+    match submit(s, action).await {
+        Ok(rx) => answer(rx).await,
+        Err(resp) => resp,
+    }
+}
+
 async fn check(State(s): State<ControlState>, bytes: Bytes) -> Response {
     let req: CheckRequest = match body(&bytes) {
         Ok(r) => r,
         Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
-    if let Some(why) = refusal(&s.view.borrow()) {
-        return error(StatusCode::CONFLICT, why);
-    }
-    let Some(ticket) = Ticket::take(&s.busy) else {
-        return error(StatusCode::CONFLICT, QUEUED.into());
-    };
-    let (reply, rx) = oneshot::channel();
-    if let Err(why) = send(&s, Job::Check { reply, ticket }).await {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, why);
-    }
-    if req.wait {
-        answer(rx).await
-    } else {
-        Json(ActionResult {
-            outcome: "started".into(),
-            digest: None,
-            error: None,
-        })
-        .into_response()
+    match submit(&s, Action::Check).await {
+        Ok(rx) if req.wait => answer(rx).await,
+        Ok(_) => started(),
+        Err(resp) => resp,
     }
 }
 
@@ -303,26 +410,113 @@ async fn update(State(s): State<ControlState>, bytes: Bytes) -> Response {
             ),
         );
     }
-    if let Some(why) = refusal(&s.view.borrow()) {
-        return error(StatusCode::CONFLICT, why);
-    }
-    let Some(ticket) = Ticket::take(&s.busy) else {
-        return error(StatusCode::CONFLICT, QUEUED.into());
+    run(&s, Action::Update { digest: req.digest }).await
+}
+
+async fn drain(State(s): State<ControlState>, bytes: Bytes) -> Response {
+    let req: DrainRequest = match body(&bytes) {
+        Ok(r) => r,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
-    let (reply, rx) = oneshot::channel();
-    if let Err(resp) = send(
+    let timeout = match req.timeout.as_deref().map(crate::config::parse_duration) {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(why)) => return error(StatusCode::BAD_REQUEST, format!("drain timeout: {why}")),
+    };
+    let reason = req.reason.filter(|r| !r.trim().is_empty());
+    match submit(&s, Action::Drain { reason, timeout }).await {
+        Ok(rx) if req.wait => answer(rx).await,
+        Ok(_) => started(),
+        Err(resp) => resp,
+    }
+}
+
+async fn undrain(State(s): State<ControlState>, bytes: Bytes) -> Response {
+    if let Err(why) = body::<Empty>(&bytes) {
+        return error(StatusCode::BAD_REQUEST, why);
+    }
+    let v = s.view.borrow().clone();
+    if v.state.drained && !v.state.drain_complete {
+        // The drain still waits for in-flight jobs: end the wait; the worker
+        // never stopped, and gets its jobs back.
+        s.drain_cancel.store(true, Ordering::SeqCst);
+        info!("agentctl undrain: cancelling the maintenance drain in progress");
+        return Json(ActionResult {
+            outcome: "undrained".into(),
+            digest: v.state.current_digest.clone(),
+            error: None,
+        })
+        .into_response();
+    }
+    run(&s, Action::Undrain).await
+}
+
+async fn rollback(State(s): State<ControlState>, bytes: Bytes) -> Response {
+    if let Err(why) = body::<Empty>(&bytes) {
+        return error(StatusCode::BAD_REQUEST, why);
+    }
+    run(&s, Action::Rollback).await
+}
+
+async fn pin(State(s): State<ControlState>, bytes: Bytes) -> Response {
+    let req: PinRequest = match body(&bytes) {
+        Ok(r) => r,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
+    if let Err(why) = check_reference(&req.reference) {
+        return error(StatusCode::BAD_REQUEST, why);
+    }
+    run(
         &s,
-        Job::Update {
-            digest: req.digest,
-            reply,
-            ticket,
+        Action::Pin {
+            reference: req.reference,
         },
     )
     .await
-    {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, resp);
+}
+
+async fn unpin(State(s): State<ControlState>, bytes: Bytes) -> Response {
+    if let Err(why) = body::<Empty>(&bytes) {
+        return error(StatusCode::BAD_REQUEST, why);
     }
-    answer(rx).await
+    run(&s, Action::Unpin).await
+}
+
+async fn health(State(s): State<ControlState>) -> Response {
+    let v = s.view.borrow().clone();
+    Json(s.health.health(v).await).into_response()
+}
+
+/// A call without parameters takes no body or `{}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Empty {}
+
+/// A pin names a digest or a tag (the OCI tag grammar).
+fn check_reference(r: &str) -> Result<(), String> {
+    if r.starts_with("sha256:") {
+        return if is_sha256_digest(r) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{r:?} is not a digest: write sha256:<64 hex digits>"
+            ))
+        };
+    }
+    let mut chars = r.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+    if first_ok
+        && r.len() <= 128
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "{r:?} is neither a digest (sha256:<64 hex digits>) nor a tag ([A-Za-z0-9_][A-Za-z0-9._-]{{0,127}})"
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -360,8 +554,11 @@ mod tests {
 
     #[test]
     fn actions_are_refused_while_drained_or_updating() {
+        let update = Action::Update {
+            digest: "sha256:c".into(),
+        };
         let mut v = View::default();
-        assert_eq!(refusal(&v), None);
+        assert_eq!(refusal(&update, &v), None);
         v.phase = Phase::Draining;
         v.state.pending = Some(Pending {
             from: Some("sha256:a".into()),
@@ -370,15 +567,106 @@ mod tests {
             step: Step::Draining,
             started_at: time::OffsetDateTime::now_utc(),
             error: None,
+            kind: Default::default(),
+            pin: None,
         });
-        let why = refusal(&v).unwrap();
+        let why = refusal(&update, &v).unwrap();
         assert!(
             why.contains("in progress") && why.contains("sha256:b") && why.contains("draining"),
             "{why}"
         );
+        // A plain poll is a check, not an update.
+        let mut v = View::default();
+        v.phase = Phase::Checking;
+        assert!(refusal(&Action::Check, &v)
+            .unwrap()
+            .contains("checking the registry"));
         let mut v = View::default();
         v.state.drained = true;
-        assert!(refusal(&v).unwrap().contains("agentctl undrain"));
+        v.state.drain_complete = true;
+        v.state.drain_reason = Some("kernel upgrade".into());
+        for a in [
+            Action::Check,
+            update.clone(),
+            Action::Rollback,
+            Action::Pin {
+                reference: "v2".into(),
+            },
+        ] {
+            assert!(
+                refusal(&a, &v).unwrap().contains("agentctl undrain"),
+                "{a:?}"
+            );
+        }
+        let again = Action::Drain {
+            reason: None,
+            timeout: None,
+        };
+        let why = refusal(&again, &v).unwrap();
+        assert!(
+            why.contains("already drained") && why.contains("kernel upgrade"),
+            "{why}"
+        );
+        assert_eq!(refusal(&Action::Undrain, &v), None);
+    }
+
+    #[test]
+    fn maintenance_commands_say_why_they_cannot_run() {
+        let mut v = View::default();
+        assert!(refusal(&Action::Undrain, &v)
+            .unwrap()
+            .contains("not drained"));
+        assert!(refusal(&Action::Unpin, &v).unwrap().contains("not pinned"));
+        assert!(refusal(&Action::Rollback, &v)
+            .unwrap()
+            .contains("no earlier good digest"));
+        v.state.commit("sha256:a");
+        v.state.commit("sha256:b");
+        assert_eq!(refusal(&Action::Rollback, &v), None);
+        v.state.pinned = Some("v1".into());
+        let why = refusal(
+            &Action::Update {
+                digest: "sha256:c".into(),
+            },
+            &v,
+        )
+        .unwrap();
+        assert!(
+            why.contains("pinned to v1") && why.contains("agentctl unpin"),
+            "{why}"
+        );
+        assert!(refusal(&Action::Rollback, &v).unwrap().contains("pinned"));
+        assert_eq!(
+            refusal(
+                &Action::Pin {
+                    reference: "v2".into()
+                },
+                &v
+            ),
+            None
+        );
+        assert_eq!(refusal(&Action::Unpin, &v), None);
+    }
+
+    #[test]
+    fn pin_references_are_digests_or_tags() {
+        let d = format!("sha256:{}", "ab".repeat(32));
+        for good in [d.as_str(), "v1", "stable", "1.2.3-rc_1", "_x"] {
+            assert!(check_reference(good).is_ok(), "{good}");
+        }
+        let long = "a".repeat(129);
+        for bad in [
+            "",
+            "sha256:abc",
+            "-v1",
+            ".x",
+            "a/b",
+            "a:b",
+            "with space",
+            long.as_str(),
+        ] {
+            assert!(check_reference(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

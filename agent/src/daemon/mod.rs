@@ -17,7 +17,7 @@ mod systemd;
 
 use crate::config::Settings;
 use crate::control::api::ActionResult;
-use crate::control::{self, ControlState, Job};
+use crate::control::{self, Action, ControlState, Job};
 use crate::docker::BollardEngine;
 use crate::registry::{ClientOptions, RegistryClient};
 use crate::update::{CheckOutcome, Trigger, UpdateError, Updater};
@@ -62,11 +62,13 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
     );
 
     let registry = registry_client(&settings)?;
+    let (settings_tx, settings_rx) = tokio::sync::watch::channel(settings.clone());
 
     let Some(engine) = connect_engine(&settings, &shutdown).await else {
         info!("stopped before the engine answered");
         return Ok(());
     };
+    let checker = crate::health::Checker::new(engine.clone(), settings_rx.clone());
     let mut updater = Updater::new(engine, registry, settings.clone(), shutdown.clone())
         .context("opening the state folder")?;
 
@@ -77,11 +79,13 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
     let control = tokio::spawn(control::serve(
         listener,
         ControlState {
-            settings: settings.clone(),
+            settings: settings_rx,
             view: updater.watch(),
             jobs: jobs_tx,
             journal: updater.journal().clone(),
             busy: Default::default(),
+            drain_cancel: updater.drain_cancel(),
+            health: Arc::new(checker),
         },
         shutdown.clone(),
     ));
@@ -124,6 +128,7 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
                         match registry_client(&new) {
                             Ok(registry) => {
                                 updater.reload(new.clone(), registry);
+                                settings_tx.send_replace(new.clone());
                                 settings = new;
                             }
                             Err(e) => error!(error = %format!("{e:#}"), "config reload refused; keeping the running config"),
@@ -214,24 +219,31 @@ fn log_outcome(outcome: &CheckOutcome) {
         CheckOutcome::RolledBack { target, error } => {
             warn!(digest = %target, error = %error, "update rolled back")
         }
-        CheckOutcome::Aborted(why) => warn!(reason = %why, "update aborted"),
-        CheckOutcome::Failed(why) => error!(reason = %why, "update failed"),
+        CheckOutcome::Aborted(why) => warn!(reason = %why, "aborted"),
+        CheckOutcome::Failed(why) => error!(reason = %why, "failed"),
+        CheckOutcome::Drained => info!("drained for maintenance; updates are held"),
+        CheckOutcome::Undrained => info!("undrained; updates resume"),
+        CheckOutcome::Unpinned => info!("unpinned; checks follow the registry again"),
     }
 }
 
-/// The answer agentctl gets for a check or update.
-fn action_result(r: Result<CheckOutcome, UpdateError>) -> ActionResult {
+/// The answer agentctl gets for an action; `current` is the digest the
+/// worker runs after it.
+fn action_result(r: Result<CheckOutcome, UpdateError>, current: Option<String>) -> ActionResult {
     let (outcome, digest, error) = match r {
-        Ok(CheckOutcome::UpToDate) => ("up_to_date", None, None),
+        Ok(CheckOutcome::UpToDate) => ("up_to_date", current, None),
         Ok(CheckOutcome::Updated(d)) => ("updated", Some(d), None),
         Ok(CheckOutcome::SkippedBad(d)) => ("skipped_bad", Some(d), None),
-        Ok(CheckOutcome::Held(why)) => ("held", None, Some(why.to_string())),
+        Ok(CheckOutcome::Held(why)) => ("held", current, Some(why.to_string())),
         Ok(CheckOutcome::RolledBack { target, error }) => {
             ("rolled_back", Some(target), Some(error))
         }
-        Ok(CheckOutcome::Aborted(why)) => ("aborted", None, Some(why)),
-        Ok(CheckOutcome::Failed(why)) => ("failed", None, Some(why)),
-        Err(e) => ("failed", None, Some(crate::error_chain(&e))),
+        Ok(CheckOutcome::Aborted(why)) => ("aborted", current, Some(why)),
+        Ok(CheckOutcome::Failed(why)) => ("failed", current, Some(why)),
+        Ok(CheckOutcome::Drained) => ("drained", current, None),
+        Ok(CheckOutcome::Undrained) => ("undrained", current, None),
+        Ok(CheckOutcome::Unpinned) => ("unpinned", current, None),
+        Err(e) => ("failed", current, Some(crate::error_chain(&e))),
     };
     ActionResult {
         outcome: outcome.to_string(),
@@ -242,37 +254,34 @@ fn action_result(r: Result<CheckOutcome, UpdateError>) -> ActionResult {
 
 /// Runs an action asked for on the control socket.
 async fn run_job<E: crate::docker::Engine>(updater: &mut Updater<E>, job: Job) {
+    let Job {
+        action,
+        reply,
+        ticket,
+    } = job;
+    info!(action = ?action, "action asked for on the control socket");
     // An update an error left midway is resumed before anything new starts.
     if let Err(e) = updater.reconcile().await {
         warn!(error = %crate::error_chain(&e), "could not reconcile the worker with the journal");
     }
-    match job {
-        Job::Check { reply, ticket } => {
-            info!("check asked for on the control socket");
-            let r = updater.check(Trigger::Cli).await;
-            if let Ok(o) = &r {
-                log_outcome(o);
-            }
-            drop(ticket);
-            let _ = reply.send(action_result(r));
-        }
-        Job::Update {
-            digest,
-            reply,
-            ticket,
-        } => {
-            info!(digest = %digest, "update asked for on the control socket");
-            let r = match updater.forgive(&digest) {
-                Ok(()) => updater.update_to(&digest, Trigger::Cli).await,
-                Err(e) => Err(e),
-            };
-            if let Ok(o) = &r {
-                log_outcome(o);
-            }
-            drop(ticket);
-            let _ = reply.send(action_result(r));
-        }
+    let r = match action {
+        Action::Check => updater.check(Trigger::Cli).await,
+        Action::Update { digest } => match updater.forgive(&digest) {
+            Ok(()) => updater.update_to(&digest, Trigger::Cli).await,
+            Err(e) => Err(e),
+        },
+        Action::Drain { reason, timeout } => updater.drain_for_maintenance(reason, timeout).await,
+        Action::Undrain => updater.undrain().await,
+        Action::Rollback => updater.rollback_to_previous().await,
+        Action::Pin { reference } => updater.pin(&reference).await,
+        Action::Unpin => updater.unpin(),
+    };
+    match &r {
+        Ok(o) => log_outcome(o),
+        Err(e) => error!(error = %crate::error_chain(e), "action failed"),
     }
+    drop(ticket);
+    let _ = reply.send(action_result(r, updater.state().current_digest.clone()));
 }
 
 fn registry_client(settings: &Settings) -> anyhow::Result<RegistryClient> {

@@ -10,6 +10,7 @@
 //! so a rollback is a rename and a start.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -85,6 +86,12 @@ pub enum CheckOutcome {
     SkippedBad(String),
     /// Updates are held (drained or pinned).
     Held(&'static str),
+    /// Maintenance: the worker is drained and stopped.
+    Drained,
+    /// The worker runs again after a maintenance drain and passed its health gate.
+    Undrained,
+    /// The pin is released.
+    Unpinned,
     /// The worker now runs this digest.
     Updated(String),
     /// The target failed; the worker is back on the old digest.
@@ -150,6 +157,8 @@ pub struct Updater<E: Engine> {
     view: tokio::sync::watch::Sender<View>,
     strikes: HashMap<String, u32>,
     shutdown: CancellationToken,
+    /// Set by `agentctl undrain` to end a maintenance drain's wait.
+    drain_cancel: Arc<AtomicBool>,
 }
 
 impl<E: Engine> Updater<E> {
@@ -187,6 +196,7 @@ impl<E: Engine> Updater<E> {
             view: tokio::sync::watch::Sender::new(View::default()),
             strikes: HashMap::new(),
             shutdown,
+            drain_cancel: Arc::default(),
         })
     }
 
@@ -293,6 +303,237 @@ impl<E: Engine> Updater<E> {
         Ok(())
     }
 
+    /// The flag `agentctl undrain` sets to end a maintenance drain's wait.
+    pub fn drain_cancel(&self) -> Arc<AtomicBool> {
+        self.drain_cancel.clone()
+    }
+
+    /// A history entry for an operator's action on the worker as it is.
+    fn record_action(&self, kind: Kind, outcome: Outcome, trigger: Trigger, error: Option<String>) {
+        self.record(HistoryEntry {
+            at: OffsetDateTime::now_utc(),
+            kind,
+            from: self.state.current_digest.clone(),
+            to: None,
+            outcome,
+            trigger,
+            error,
+            downtime_ms: None,
+        });
+    }
+
+    /// Maintenance: the worker stops taking jobs, its in-flight jobs finish
+    /// (up to `timeout`, default `worker.drain.timeout`), then it is stopped
+    /// with restart policy `no`, so neither dockerd nor a reboot brings it
+    /// back; updates are held until [`Updater::undrain`]. The drain is saved
+    /// before it starts: a restart of the agent resumes it.
+    pub async fn drain_for_maintenance(
+        &mut self,
+        reason: Option<String>,
+        timeout: Option<Duration>,
+    ) -> Result<CheckOutcome, UpdateError> {
+        if self.state.drained && self.state.drain_complete {
+            return Ok(CheckOutcome::Drained);
+        }
+        self.state.drained = true;
+        self.state.drain_complete = false;
+        self.state.drain_reason = reason;
+        self.state.drained_at = Some(OffsetDateTime::now_utc());
+        self.save()?;
+        info!(
+            reason = self.state.drain_reason.as_deref().unwrap_or("-"),
+            "maintenance drain"
+        );
+        self.finish_drain(timeout.unwrap_or(self.worker.drain.timeout), Trigger::Cli)
+            .await
+    }
+
+    async fn finish_drain(
+        &mut self,
+        timeout: Duration,
+        trigger: Trigger,
+    ) -> Result<CheckOutcome, UpdateError> {
+        self.set_phase(Phase::Draining);
+        let running: Vec<Container> = self
+            .engine
+            .list_managed()
+            .await?
+            .into_iter()
+            .filter(|c| c.running || c.restarting)
+            .collect();
+        if !running.is_empty() {
+            self.drain_cancel.store(false, Ordering::SeqCst);
+            if let Err(reason) = self.drain(timeout).await {
+                if self.shutdown.is_cancelled() {
+                    info!("the agent stops during a maintenance drain; it resumes when the agent starts again");
+                    return Ok(CheckOutcome::Aborted(
+                        "the agent is shutting down; the drain resumes when it starts again".into(),
+                    ));
+                }
+                let reason = format!("{reason}; the worker keeps serving and is not drained");
+                warn!(reason = %reason, "maintenance drain aborted");
+                if let Some(url) = self.worker.drain.http.clone() {
+                    if let Err(e) = self.probe.drain_cancel(&url).await {
+                        warn!(error = %e, "could not tell the worker to take jobs again (DELETE on the drain endpoint)");
+                    }
+                }
+                self.state.drained = false;
+                self.state.drain_reason = None;
+                self.state.drained_at = None;
+                self.save()?;
+                self.record_action(Kind::Drain, Outcome::Aborted, trigger, Some(reason.clone()));
+                self.last_error = Some(reason.clone());
+                self.set_phase(Phase::Idle);
+                return Ok(CheckOutcome::Aborted(reason));
+            }
+            for c in &running {
+                info!(container = %c.name, "stopping the worker for maintenance");
+                self.engine.set_restart(&c.id, "no", None).await?;
+                self.engine.stop(&c.id, self.worker.stop_timeout).await?;
+            }
+        }
+        self.state.drain_complete = true;
+        self.save()?;
+        self.record_action(
+            Kind::Drain,
+            Outcome::Success,
+            trigger,
+            self.state.drain_reason.clone(),
+        );
+        self.set_phase(Phase::Drained);
+        Ok(CheckOutcome::Drained)
+    }
+
+    /// Ends a maintenance drain: the worker starts again (its restart policy
+    /// restored, recreated from the spec if it will not start) and must pass
+    /// the health gate (`worker.health`); updates resume.
+    pub async fn undrain(&mut self) -> Result<CheckOutcome, UpdateError> {
+        let was_running = self.primary_running().await?.is_some();
+        self.state.drained = false;
+        self.state.drain_complete = false;
+        self.state.drain_reason = None;
+        self.state.drained_at = None;
+        self.save()?;
+        info!("undrain: starting the worker again");
+        self.set_phase(Phase::Verifying);
+        let started = self.ensure_running().await;
+        if was_running {
+            // It never stopped: it only needs its jobs back.
+            if let Some(url) = self.worker.drain.http.clone() {
+                if let Err(e) = self.probe.drain_cancel(&url).await {
+                    warn!(error = %e, "could not tell the worker to take jobs again (DELETE on the drain endpoint)");
+                }
+            }
+        }
+        let verified = match started {
+            Err(e) => Err(crate::error_chain(&e)),
+            Ok(()) if self.state.current_digest.is_none() => Ok(()),
+            Ok(()) => {
+                self.set_phase(Phase::Verifying);
+                self.verify_primary().await.map(|_| ()).map_err(|f| f.error)
+            }
+        };
+        match verified {
+            Ok(()) => {
+                self.record_action(Kind::Undrain, Outcome::Success, Trigger::Cli, None);
+                self.last_error = None;
+                self.set_phase(Phase::Idle);
+                Ok(CheckOutcome::Undrained)
+            }
+            Err(error) => {
+                let msg = format!("the worker did not pass its health gate after undrain: {error}");
+                error!(error = %msg, "undrain");
+                self.record_action(
+                    Kind::Undrain,
+                    Outcome::Failed,
+                    Trigger::Cli,
+                    Some(msg.clone()),
+                );
+                self.last_error = Some(msg.clone());
+                self.set_phase(Phase::Failed);
+                Ok(CheckOutcome::Failed(msg))
+            }
+        }
+    }
+
+    /// An operator's rollback: back to the good digest before the current
+    /// one, through the same drain/verify path; once it is verified, the
+    /// digest left is marked bad so polling does not bring it back.
+    pub async fn rollback_to_previous(&mut self) -> Result<CheckOutcome, UpdateError> {
+        let Some(target) = self.state.rollback_target().map(str::to_string) else {
+            return Ok(CheckOutcome::Failed(
+                "there is no earlier good digest to roll back to".into(),
+            ));
+        };
+        info!(to = %target, from = self.state.current_digest.as_deref().unwrap_or("-"), "operator rollback");
+        self.forgive(&target)?;
+        self.deploy(&target, Trigger::Cli, Kind::Rollback, None)
+            .await
+    }
+
+    /// Deploys the digest `reference` names (a digest, or a tag resolved
+    /// now) and holds the worker there: checks are skipped until
+    /// [`Updater::unpin`]. An operator's pin clears the digest's bad mark.
+    /// A pin whose digest does not verify is rolled back and not held.
+    pub async fn pin(&mut self, reference: &str) -> Result<CheckOutcome, UpdateError> {
+        let digest = if crate::registry::is_sha256_digest(reference) {
+            reference.to_string()
+        } else {
+            self.set_phase(Phase::Checking);
+            let policy = crate::registry::Policy::Tag(reference.to_string());
+            let resolved = self
+                .registry
+                .resolve(&self.settings.image.name, &policy)
+                .await;
+            self.set_phase(Phase::Idle);
+            resolved?.digest
+        };
+        self.forgive(&digest)?;
+        self.ensure_running().await?;
+        if self.state.current_digest.as_deref() == Some(digest.as_str()) {
+            self.state.pinned = Some(reference.to_string());
+            self.state.pinned_digest = Some(digest.clone());
+            self.save()?;
+            self.record(HistoryEntry {
+                at: OffsetDateTime::now_utc(),
+                kind: Kind::Pin,
+                from: Some(digest.clone()),
+                to: Some(digest),
+                outcome: Outcome::Success,
+                trigger: Trigger::Cli,
+                error: None,
+                downtime_ms: None,
+            });
+            return Ok(CheckOutcome::UpToDate);
+        }
+        self.deploy(
+            &digest,
+            Trigger::Cli,
+            Kind::Pin,
+            Some(reference.to_string()),
+        )
+        .await
+    }
+
+    /// Releases the pin: the next check follows the registry (or hub) again.
+    pub fn unpin(&mut self) -> Result<CheckOutcome, UpdateError> {
+        if self.state.pinned.take().is_some() {
+            let digest = self.state.pinned_digest.take();
+            self.save()?;
+            self.record(HistoryEntry {
+                at: OffsetDateTime::now_utc(),
+                kind: Kind::Unpin,
+                from: digest,
+                to: None,
+                outcome: Outcome::Success,
+                trigger: Trigger::Cli,
+                error: None,
+                downtime_ms: None,
+            });
+        }
+        Ok(CheckOutcome::Unpinned)
+    }
+
     fn set_step(&mut self, step: Step) -> Result<(), UpdateError> {
         if let Some(p) = self.state.pending.as_mut() {
             p.step = step;
@@ -322,7 +563,7 @@ impl<E: Engine> Updater<E> {
     ) {
         self.record(HistoryEntry {
             at: OffsetDateTime::now_utc(),
-            kind: Kind::Update,
+            kind: p.kind,
             from: p.from.clone(),
             to: Some(p.to.clone()),
             outcome,
@@ -421,6 +662,12 @@ impl<E: Engine> Updater<E> {
     pub async fn ensure_running(&mut self) -> Result<(), UpdateError> {
         let name = self.name().to_string();
         self.check_name_is_ours(&name).await?;
+        if self.state.drained && !self.state.drain_complete {
+            warn!("resuming a maintenance drain that a restart interrupted");
+            self.finish_drain(self.worker.drain.timeout, Trigger::Startup)
+                .await?;
+            return Ok(());
+        }
         let cs = self.engine.list_managed().await?;
         let target = self
             .state
@@ -465,9 +712,11 @@ impl<E: Engine> Updater<E> {
                 }
                 self.save()?;
             }
-            if !self.state.drained {
-                self.set_phase(Phase::Idle);
-            }
+            self.set_phase(if self.state.drained {
+                Phase::Drained
+            } else {
+                Phase::Idle
+            });
             return Ok(());
         }
         if self.state.drained {
@@ -546,6 +795,9 @@ impl<E: Engine> Updater<E> {
         if self.state.drained {
             return Ok(CheckOutcome::Held("drained"));
         }
+        if self.state.pinned.is_some() {
+            return Ok(CheckOutcome::Held("pinned"));
+        }
         self.set_phase(Phase::Checking);
         let resolved = self
             .registry
@@ -583,6 +835,18 @@ impl<E: Engine> Updater<E> {
         target: &str,
         trigger: Trigger,
     ) -> Result<CheckOutcome, UpdateError> {
+        self.deploy(target, trigger, Kind::Update, None).await
+    }
+
+    /// [`Updater::update_to`] for an update, an operator's rollback or a pin:
+    /// `kind` is recorded in the history and decides what the commit also does.
+    async fn deploy(
+        &mut self,
+        target: &str,
+        trigger: Trigger,
+        kind: Kind,
+        pin: Option<String>,
+    ) -> Result<CheckOutcome, UpdateError> {
         // The primary might have died since the last tick; make the starting point
         // sound (this also refuses a worker name held by a container not ours).
         self.ensure_running().await?;
@@ -596,6 +860,8 @@ impl<E: Engine> Updater<E> {
             step: Step::Pulling,
             started_at: OffsetDateTime::now_utc(),
             error: None,
+            kind,
+            pin,
         };
         self.state.pending = Some(p.clone());
         self.set_step(Step::Pulling)?;
@@ -635,7 +901,8 @@ impl<E: Engine> Updater<E> {
         let old = self.primary_running().await?;
         if old.is_some() {
             self.set_step(Step::Draining)?;
-            if let Err(reason) = self.drain().await {
+            self.drain_cancel.store(false, Ordering::SeqCst);
+            if let Err(reason) = self.drain(self.worker.drain.timeout).await {
                 self.abort_prepared(&p, reason.clone()).await?;
                 return Ok(CheckOutcome::Aborted(reason));
             }
@@ -679,6 +946,19 @@ impl<E: Engine> Updater<E> {
             Ok(healthy_at) => {
                 let downtime = healthy_at.saturating_duration_since(t0).as_millis() as u64;
                 self.state.commit(&p.to);
+                match (p.kind, &p.from) {
+                    // An operator's rollback: the digest left is not tried again.
+                    (Kind::Rollback, Some(from)) if from != &p.to => self.state.mark_bad(
+                        from,
+                        "rolled back by an operator (agentctl rollback)",
+                        OffsetDateTime::now_utc(),
+                    ),
+                    (Kind::Pin, _) => {
+                        self.state.pinned = p.pin.clone().or_else(|| Some(p.to.clone()));
+                        self.state.pinned_digest = Some(p.to.clone());
+                    }
+                    _ => {}
+                }
                 self.state.pending = None;
                 self.save()?;
                 self.strikes.remove(&p.to);
@@ -736,14 +1016,14 @@ impl<E: Engine> Updater<E> {
 
     /// Asks the old worker to stop taking jobs and waits for its in-flight jobs.
     /// `Err` means: keep the old worker (the reason is given).
-    async fn drain(&self) -> Result<(), String> {
+    async fn drain(&self, timeout: Duration) -> Result<(), String> {
         let Some(url) = self.worker.drain.http.clone() else {
             // Without a drain endpoint, SIGTERM with stop_timeout is the drain.
             return Ok(());
         };
-        let deadline = Instant::now() + self.worker.drain.timeout;
+        let deadline = Instant::now() + timeout;
         let proceed = self.worker.drain.on_timeout == OnDrainTimeout::Proceed;
-        info!(url = %url, timeout = ?self.worker.drain.timeout, "draining the old worker");
+        info!(url = %url, timeout = ?timeout, "draining the worker");
         if let Err(e) = self.probe.drain_start(&url).await {
             let msg = format!("could not start draining: {e}");
             if proceed {
@@ -756,7 +1036,7 @@ impl<E: Engine> Updater<E> {
         loop {
             match self.probe.in_flight(&url).await {
                 Ok(0) => {
-                    info!("old worker drained");
+                    info!("worker drained");
                     return Ok(());
                 }
                 Ok(n) => {
@@ -770,7 +1050,7 @@ impl<E: Engine> Updater<E> {
             if Instant::now() >= deadline {
                 let msg = format!(
                     "drain timed out after {} with {} jobs still in flight",
-                    humantime::format_duration(self.worker.drain.timeout),
+                    humantime::format_duration(timeout),
                     last.map_or("an unknown number of".to_string(), |n| n.to_string())
                 );
                 if proceed {
@@ -782,8 +1062,11 @@ impl<E: Engine> Updater<E> {
             tokio::select! {
                 _ = tokio::time::sleep(DRAIN_POLL) => {}
                 _ = self.shutdown.cancelled() => {
-                    return Err("the agent is shutting down; the update will be tried again".into());
+                    return Err("the agent is shutting down".into());
                 }
+            }
+            if self.drain_cancel.swap(false, Ordering::SeqCst) {
+                return Err("cancelled by agentctl undrain".into());
             }
         }
     }

@@ -70,6 +70,13 @@ pub struct Pending {
     /// Why a rollback began.
     #[serde(default)]
     pub error: Option<String>,
+    /// What asked for it: an update, an operator's rollback or pin (the
+    /// history entry's kind).
+    #[serde(default)]
+    pub kind: Kind,
+    /// For a pin: the reference to hold once the digest is verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +98,9 @@ pub struct State {
     pub previous_good: Vec<String>,
     pub bad_digests: Vec<BadDigest>,
     pub drained: bool,
+    /// The maintenance drain has stopped the worker (false while it waits
+    /// for in-flight jobs: a restart then resumes the drain).
+    pub drain_complete: bool,
     /// The operator's reason for the maintenance drain.
     pub drain_reason: Option<String>,
     #[serde(with = "time::serde::rfc3339::option")]
@@ -107,7 +117,9 @@ impl State {
         self.bad_digests.iter().any(|b| b.digest == digest)
     }
 
+    /// Marks `digest` bad; it is no longer an earlier good digest to roll back to.
     pub fn mark_bad(&mut self, digest: &str, reason: &str, at: OffsetDateTime) {
+        self.previous_good.retain(|d| d != digest);
         self.bad_digests.retain(|b| b.digest != digest);
         self.bad_digests.push(BadDigest {
             digest: digest.to_string(),
@@ -133,6 +145,15 @@ impl State {
             }
         }
         self.current_digest = None;
+    }
+
+    /// The good digest an operator's rollback goes back to: the last good
+    /// one when the worker runs something else, else the one before it.
+    pub fn rollback_target(&self) -> Option<&str> {
+        match (&self.current_digest, &self.last_good_digest) {
+            (Some(c), Some(g)) if c != g => Some(g),
+            _ => self.previous_good.last().map(String::as_str),
+        }
     }
 
     /// `digest` runs and passed verification.
@@ -166,9 +187,10 @@ pub struct HistoryEntry {
     pub downtime_ms: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
+    #[default]
     Update,
     Rollback,
     Drain,

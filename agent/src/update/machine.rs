@@ -11,7 +11,9 @@
 //!   │    ╲                ▼         ▼ abort        ▼ failure   ▼ failure
 //!   │     ╲            Failed ◄── Idle         RollingBack ◄───┘
 //!   │      ╲                                      │
-//!   │       └─► Drained (maintenance)             └─► Idle (old verified) / Failed
+//!   │       └─► Draining ─► Drained ─► Verifying ─► Idle / Failed   (maintenance:
+//!   │                                                   drain, then undrain)
+//!   └── Draining ─► Idle (a maintenance drain aborted: the worker keeps serving)
 //! ```
 
 use std::fmt;
@@ -79,14 +81,19 @@ impl Phase {
         match (self, next) {
             // Recovery after a restart may resume any step; the driver enters it from Idle.
             (Idle, _) => true,
-            (Failed, Idle | Checking | Pulling | Drained | Swapping | RollingBack) => true,
+            (Failed, Idle | Checking | Pulling | Draining | Drained | Swapping | RollingBack) => {
+                true
+            }
             (Checking, Idle | Pulling | Failed | Drained) => true,
             (Pulling, Draining | Swapping | Idle | Failed) => true,
-            (Draining, Swapping | Idle | Failed) => true,
+            // A maintenance drain ends in Drained (the worker stopped).
+            (Draining, Swapping | Idle | Failed | Drained) => true,
             (Swapping, Verifying | RollingBack | Failed) => true,
-            (Verifying, Idle | RollingBack) => true,
+            // Failed: the worker an undrain started did not pass the health gate.
+            (Verifying, Idle | RollingBack | Failed) => true,
             (RollingBack, Idle | Failed) => true,
-            (Drained, Idle | Drained) => true,
+            // Undrain: the worker starts again behind the health gate.
+            (Drained, Idle | Verifying) => true,
             _ => false,
         }
     }
@@ -185,6 +192,16 @@ mod tests {
         // A drain abort keeps the old worker: back to idle, never to swapping from checking.
         assert!(walk(&[Checking, Swapping]).is_err());
         walk(&[Checking, Pulling, Draining, Idle]).unwrap();
+    }
+
+    #[test]
+    fn maintenance_drains_then_undrains_behind_the_health_gate() {
+        walk(&[Draining, Drained, Verifying, Idle]).unwrap();
+        walk(&[Draining, Drained, Verifying, Failed]).unwrap();
+        walk(&[Draining, Idle]).unwrap();
+        // An update never starts from a drained worker.
+        assert!(walk(&[Draining, Drained, Checking]).is_err());
+        assert!(walk(&[Draining, Drained, Pulling]).is_err());
     }
 
     #[test]

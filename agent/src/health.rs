@@ -1,0 +1,259 @@
+//! What `agentctl health` reports, looked at now: the worker (what the engine
+//! says of its container, its health endpoint, its in-flight jobs), the GPUs
+//! and the hub. It runs beside the update loop, never through it, so it
+//! answers during an update too.
+//!
+//! The GPU part (NVML) and the hub part are filled in by their subsystems;
+//! until then they say plainly that they are not checked.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::watch;
+
+use crate::config::Settings;
+use crate::control::api::{Health, PartHealth, Probe, WorkerHealth};
+use crate::control::HealthSource;
+use crate::docker::{Container, Engine, HealthState};
+use crate::update::View;
+use crate::worker::WorkerClient;
+
+/// Answers `GET /v1/health` from the engine and the worker's endpoints.
+pub struct Checker<E: Engine> {
+    engine: E,
+    probe: WorkerClient,
+    settings: watch::Receiver<Arc<Settings>>,
+}
+
+impl<E: Engine> Checker<E> {
+    pub fn new(engine: E, settings: watch::Receiver<Arc<Settings>>) -> Self {
+        Checker {
+            engine,
+            probe: WorkerClient::new(),
+            settings,
+        }
+    }
+
+    pub async fn check(&self, view: &View) -> Health {
+        let settings = self.settings.borrow().clone();
+        let worker = self.worker(&settings, view).await;
+        let gpu = gpu_part(&settings);
+        let hub = hub_part(&settings);
+        let verdict = if worker.verdict == "drained" {
+            "drained"
+        } else if worker.verdict == "healthy"
+            && gpu.verdict != "unhealthy"
+            && hub.verdict != "unhealthy"
+        {
+            "healthy"
+        } else {
+            "unhealthy"
+        };
+        Health {
+            verdict: verdict.into(),
+            worker,
+            gpu,
+            hub,
+        }
+    }
+
+    async fn worker(&self, settings: &Settings, view: &View) -> WorkerHealth {
+        let w = &settings.worker;
+        let drained = view.state.drained;
+        let mut h = WorkerHealth {
+            verdict: "healthy".into(),
+            container: Some(w.name.clone()),
+            state: None,
+            digest: None,
+            restart_count: None,
+            healthcheck: None,
+            http: None,
+            in_flight: None,
+            problem: None,
+        };
+        let c = match self.engine.inspect(&w.name).await {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                h.container = None;
+                h.verdict = if drained { "drained" } else { "missing" }.into();
+                if !drained {
+                    h.problem = Some(format!("no container named {} exists", w.name));
+                }
+                return h;
+            }
+            Err(e) => {
+                h.verdict = "unknown".into();
+                h.problem = Some(crate::error_chain(&e));
+                return h;
+            }
+        };
+        h.state = Some(c.status.clone());
+        h.digest = c.digest.clone();
+        h.restart_count = Some(c.restart_count);
+        h.healthcheck = match c.health {
+            HealthState::None => None,
+            HealthState::Starting => Some("starting".into()),
+            HealthState::Healthy => Some("healthy".into()),
+            HealthState::Unhealthy => Some("unhealthy".into()),
+        };
+        if c.running && !c.restarting {
+            if let Some(url) = &w.health.http {
+                let t0 = Instant::now();
+                let r = self.probe.health(url).await;
+                h.http = Some(Probe {
+                    url: url.to_string(),
+                    ok: r.is_ok(),
+                    latency_ms: t0.elapsed().as_millis() as u64,
+                    error: r.err().map(|e| e.to_string()),
+                });
+            }
+            if let Some(url) = &w.drain.http {
+                h.in_flight = self.probe.in_flight(url).await.ok();
+            }
+        }
+        let (verdict, problem) = judge(&c, h.http.as_ref(), drained);
+        h.verdict = verdict.into();
+        h.problem = problem;
+        h
+    }
+}
+
+impl<E: Engine> HealthSource for Checker<E> {
+    fn health(&self, view: View) -> Pin<Box<dyn Future<Output = Health> + Send + '_>> {
+        Box::pin(async move { self.check(&view).await })
+    }
+}
+
+/// The worker's verdict and what is wrong, from the engine's view and the probe.
+fn judge(c: &Container, http: Option<&Probe>, drained: bool) -> (&'static str, Option<String>) {
+    if drained && !c.running {
+        return ("drained", None);
+    }
+    if c.restarting {
+        return (
+            "unhealthy",
+            Some(format!("restarting (restarted {} times)", c.restart_count)),
+        );
+    }
+    if !c.running {
+        let why = match (&c.error, c.exit_code) {
+            (Some(e), _) => format!("{}: {e}", c.status),
+            (None, Some(code)) => format!("{} with code {code}", c.status),
+            _ => c.status.clone(),
+        };
+        return ("unhealthy", Some(format!("not running: {why}")));
+    }
+    if c.health == HealthState::Unhealthy {
+        return (
+            "unhealthy",
+            Some("its HEALTHCHECK reports unhealthy".into()),
+        );
+    }
+    if let Some(p) = http.filter(|p| !p.ok) {
+        let e = p.error.as_deref().unwrap_or("failed");
+        return ("unhealthy", Some(format!("health endpoint: {e}")));
+    }
+    if c.health == HealthState::Starting && http.is_none() {
+        return ("starting", Some("its HEALTHCHECK is still starting".into()));
+    }
+    ("healthy", None)
+}
+
+fn gpu_part(settings: &Settings) -> PartHealth {
+    if !settings.gpu.check {
+        return PartHealth {
+            verdict: "not_configured".into(),
+            detail: "gpu.check is off (or worker.gpus = \"none\")".into(),
+            data: serde_json::Value::Null,
+        };
+    }
+    PartHealth {
+        verdict: "not_checked".into(),
+        detail: "this version of gpu-agent does not read GPU health through NVML yet".into(),
+        data: serde_json::Value::Null,
+    }
+}
+
+fn hub_part(settings: &Settings) -> PartHealth {
+    match &settings.hub {
+        None => PartHealth {
+            verdict: "not_configured".into(),
+            detail: "no [hub] in the config".into(),
+            data: serde_json::Value::Null,
+        },
+        Some(h) => PartHealth {
+            verdict: "not_checked".into(),
+            detail: format!(
+                "hub {} is configured; this version of gpu-agent does not talk to it yet",
+                h.url
+            ),
+            data: serde_json::Value::Null,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn running() -> Container {
+        Container {
+            id: "c1".into(),
+            name: "w".into(),
+            digest: Some("sha256:a".into()),
+            agent: Some("a".into()),
+            running: true,
+            restarting: false,
+            status: "running".into(),
+            exit_code: None,
+            restart_count: 0,
+            health: HealthState::None,
+            error: None,
+        }
+    }
+
+    fn probe(ok: bool) -> Probe {
+        Probe {
+            url: "http://127.0.0.1:1/health".into(),
+            ok,
+            latency_ms: 1,
+            error: (!ok).then(|| "GET http://127.0.0.1:1/health: answered 503".into()),
+        }
+    }
+
+    #[test]
+    fn the_worker_verdict_names_what_is_wrong() {
+        assert_eq!(judge(&running(), None, false), ("healthy", None));
+        assert_eq!(judge(&running(), Some(&probe(true)), false).0, "healthy");
+        let (v, why) = judge(&running(), Some(&probe(false)), false);
+        assert_eq!(v, "unhealthy");
+        assert!(why.unwrap().contains("answered 503"));
+
+        let mut exited = running();
+        exited.running = false;
+        exited.status = "exited".into();
+        exited.exit_code = Some(3);
+        let (v, why) = judge(&exited, None, false);
+        assert_eq!(
+            (v, why.as_deref()),
+            ("unhealthy", Some("not running: exited with code 3"))
+        );
+        assert_eq!(judge(&exited, None, true), ("drained", None));
+
+        let mut looping = running();
+        looping.restarting = true;
+        looping.restart_count = 4;
+        assert!(judge(&looping, None, false)
+            .1
+            .unwrap()
+            .contains("restarted 4 times"));
+
+        let mut hc = running();
+        hc.health = HealthState::Unhealthy;
+        assert_eq!(judge(&hc, None, false).0, "unhealthy");
+        hc.health = HealthState::Starting;
+        assert_eq!(judge(&hc, None, false).0, "starting");
+    }
+}
