@@ -576,8 +576,10 @@ mod tests {
             "{why}"
         );
         // A plain poll is a check, not an update.
-        let mut v = View::default();
-        v.phase = Phase::Checking;
+        let v = View {
+            phase: Phase::Checking,
+            ..View::default()
+        };
         assert!(refusal(&Action::Check, &v)
             .unwrap()
             .contains("checking the registry"));
