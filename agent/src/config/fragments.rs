@@ -28,6 +28,7 @@ pub struct AgentFragment {
     pub state_dir: Option<String>,
     pub control_socket: Option<String>,
     pub metrics_listen: Option<String>,
+    pub stop_budget: Option<DurationStr>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

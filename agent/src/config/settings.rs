@@ -27,6 +27,10 @@ pub struct AgentSettings {
     pub state_dir: PathBuf,
     pub control_socket: PathBuf,
     pub metrics_listen: Option<SocketAddr>,
+    /// How long after SIGTERM an update may go on verifying a worker it has
+    /// started before the agent exits (the journal resumes it at the next
+    /// start). systemd's TimeoutStopSec must exceed this plus `worker.stop_timeout`.
+    pub stop_budget: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -162,6 +166,9 @@ pub(super) fn validate(f: Fragment, o: &Origin) -> Result<Settings, ConfigError>
                 .unwrap_or_else(|| super::DEFAULT_CONTROL_SOCKET.into()),
         ),
         metrics_listen,
+        stop_budget: agent
+            .stop_budget
+            .map_or(Duration::from_secs(60), |d| d.0),
     };
     absolute(&agent.state_dir, "agent.state_dir", o)?;
     absolute(&agent.control_socket, "agent.control_socket", o)?;

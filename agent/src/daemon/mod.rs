@@ -51,7 +51,8 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
     let mut settings = Arc::new(settings);
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let shutdown = CancellationToken::new();
-    spawn_signal_handler(shutdown.clone())?;
+    let stop_now = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone(), stop_now.clone(), settings.agent.stop_budget)?;
     info!(
         agent_id = %settings.agent.id,
         image = %settings.image.name,
@@ -71,6 +72,7 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
     let checker = crate::health::Checker::new(engine.clone(), settings_rx.clone());
     let mut updater = Updater::new(engine, registry, settings.clone(), shutdown.clone())
         .context("opening the state folder")?;
+    updater.set_stop_token(stop_now);
 
     // The control socket answers status at once; actions queue for the loop below.
     let (jobs_tx, mut jobs) = mpsc::channel::<Job>(8);
@@ -164,7 +166,11 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
         trigger = Trigger::Poll;
     }
     systemd::stopping();
-    let _ = control.await;
+    // Actions still queued are answered "stopped" (their senders go with the queue).
+    drop(jobs);
+    if tokio::time::timeout(Duration::from_secs(5), control).await.is_err() {
+        warn!("the control socket did not close within 5 s; leaving it");
+    }
     if let Err(e) = std::fs::remove_file(&settings.agent.control_socket) {
         debug!(error = %e, "removing the control socket");
     }
@@ -224,6 +230,7 @@ fn log_outcome(outcome: &CheckOutcome) {
         CheckOutcome::Drained => info!("drained for maintenance; updates are held"),
         CheckOutcome::Undrained => info!("undrained; updates resume"),
         CheckOutcome::Unpinned => info!("unpinned; checks follow the registry again"),
+        CheckOutcome::Suspended(why) => warn!(reason = %why, "update suspended"),
     }
 }
 
@@ -243,6 +250,7 @@ fn action_result(r: Result<CheckOutcome, UpdateError>, current: Option<String>) 
         Ok(CheckOutcome::Drained) => ("drained", current, None),
         Ok(CheckOutcome::Undrained) => ("undrained", current, None),
         Ok(CheckOutcome::Unpinned) => ("unpinned", current, None),
+        Ok(CheckOutcome::Suspended(why)) => ("aborted", current, Some(why)),
         Err(e) => ("failed", current, Some(crate::error_chain(&e))),
     };
     ActionResult {
@@ -342,15 +350,29 @@ async fn connect_engine(
     }
 }
 
-fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
+/// SIGTERM or SIGINT: stop at the next safe point. A pull or a drain wait
+/// ends at once (the old worker keeps serving); a swap goes on to verify the
+/// new worker for at most `budget`, then `stop_now` leaves the verification to
+/// the journal. A second signal cancels `stop_now` at once.
+fn spawn_signal_handler(
+    shutdown: CancellationToken,
+    stop_now: CancellationToken,
+    budget: Duration,
+) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     tokio::spawn(async move {
         tokio::select! {
-            _ = term.recv() => info!(signal = "SIGTERM", "asked to stop"),
-            _ = int.recv() => info!(signal = "SIGINT", "asked to stop"),
+            _ = term.recv() => info!(signal = "SIGTERM", budget = ?budget, "asked to stop; an update in progress is brought to a safe point first"),
+            _ = int.recv() => info!(signal = "SIGINT", budget = ?budget, "asked to stop; an update in progress is brought to a safe point first"),
         }
         shutdown.cancel();
+        tokio::select! {
+            _ = tokio::time::sleep(budget) => info!("stop budget spent; leaving any verification to the next start"),
+            _ = term.recv() => info!(signal = "SIGTERM", "asked again: stopping now"),
+            _ = int.recv() => info!(signal = "SIGINT", "asked again: stopping now"),
+        }
+        stop_now.cancel();
     });
     Ok(())
 }

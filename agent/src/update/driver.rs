@@ -100,6 +100,9 @@ pub enum CheckOutcome {
     Aborted(String),
     /// The update failed and no good worker could be put back.
     Failed(String),
+    /// The agent stopped mid-update with a worker running but not yet
+    /// verified; the journal resumes the verification at the next start.
+    Suspended(String),
 }
 
 /// Whose fault a failed swap was, which decides whether the digest is marked bad.
@@ -112,6 +115,9 @@ enum Blame {
     Strike,
     /// The engine was unreachable or timed out: says nothing about the image.
     None,
+    /// Not a failure: the agent's stop budget ran out before the worker was
+    /// verified. The journal keeps the step; the next start resumes it.
+    Stopped,
 }
 
 /// The outcome of a swap attempt that did not commit.
@@ -159,6 +165,9 @@ pub struct Updater<E: Engine> {
     shutdown: CancellationToken,
     /// Set by `agentctl undrain` to end a maintenance drain's wait.
     drain_cancel: Arc<AtomicBool>,
+    /// Cancelled when the stop budget after SIGTERM is spent: verification
+    /// stops looking and leaves its step to the journal.
+    stop_now: CancellationToken,
 }
 
 impl<E: Engine> Updater<E> {
@@ -197,6 +206,7 @@ impl<E: Engine> Updater<E> {
             strikes: HashMap::new(),
             shutdown,
             drain_cancel: Arc::default(),
+            stop_now: CancellationToken::new(),
         })
     }
 
@@ -301,6 +311,13 @@ impl<E: Engine> Updater<E> {
             self.save()?;
         }
         Ok(())
+    }
+
+    /// `stop_now` is cancelled when the agent must stop now: a verification
+    /// in progress stops looking and leaves its step in the journal for the
+    /// next start.
+    pub fn set_stop_token(&mut self, stop_now: CancellationToken) {
+        self.stop_now = stop_now;
     }
 
     /// The flag `agentctl undrain` sets to end a maintenance drain's wait.
@@ -430,7 +447,13 @@ impl<E: Engine> Updater<E> {
             Ok(()) if self.state.current_digest.is_none() => Ok(()),
             Ok(()) => {
                 self.set_phase(Phase::Verifying);
-                self.verify_primary().await.map(|_| ()).map_err(|f| f.error)
+                match self.verify_primary().await {
+                    Ok(_) => Ok(()),
+                    Err(f) if f.blame == Blame::Stopped => {
+                        return Ok(CheckOutcome::Suspended(f.error));
+                    }
+                    Err(f) => Err(f.error),
+                }
             }
         };
         match verified {
@@ -799,10 +822,13 @@ impl<E: Engine> Updater<E> {
             return Ok(CheckOutcome::Held("pinned"));
         }
         self.set_phase(Phase::Checking);
-        let resolved = self
-            .registry
-            .resolve(&self.settings.image.name, &self.settings.image.policy)
-            .await;
+        let resolved = tokio::select! {
+            r = self.registry.resolve(&self.settings.image.name, &self.settings.image.policy) => r,
+            _ = self.shutdown.cancelled() => {
+                self.set_phase(Phase::Idle);
+                return Ok(CheckOutcome::Aborted("the agent is shutting down".into()));
+            }
+        };
         self.last_check = Some(OffsetDateTime::now_utc());
         let resolved = match resolved {
             Ok(r) => r,
@@ -867,7 +893,16 @@ impl<E: Engine> Updater<E> {
         self.set_step(Step::Pulling)?;
 
         // 1. Pre-pull and create the new container while the old one serves.
-        if let Err(e) = self.prepare(target).await {
+        // A stop of the agent ends a pull at once: the old worker was not touched.
+        let prepared = tokio::select! {
+            r = self.prepare(target) => r,
+            _ = self.shutdown.cancelled() => {
+                let reason = "the agent is shutting down; the update will be tried again".to_string();
+                self.abort_prepared(&p, reason.clone()).await?;
+                return Ok(CheckOutcome::Aborted(reason));
+            }
+        };
+        if let Err(e) = prepared {
             let msg = crate::error_chain(&e);
             // A registry or engine that is down, a rate limit or a full disk say
             // nothing about the image; a registry that has not got it, or an
@@ -967,6 +1002,10 @@ impl<E: Engine> Updater<E> {
                 self.set_phase(Phase::Idle);
                 self.cleanup_after_commit().await;
                 Ok(CheckOutcome::Updated(p.to.clone()))
+            }
+            Err(f) if f.blame == Blame::Stopped => {
+                warn!(digest = %p.to, "the agent stops before the new worker is verified; it runs, and the verification resumes at the next start");
+                Ok(CheckOutcome::Suspended(f.error))
             }
             Err(f) => self.rollback(p, f, Some(t0)).await,
         }
@@ -1158,7 +1197,14 @@ impl<E: Engine> Updater<E> {
         let mut restarts: Option<i64> = None;
         let mut last_problem = String::from("no answer yet");
         let mut engine_trouble = false;
+        let stopped = || Failure {
+            error: "the agent stopped before the worker was verified; the verification resumes when it starts again".into(),
+            blame: Blame::Stopped,
+        };
         loop {
+            if self.stop_now.is_cancelled() {
+                return Err(stopped());
+            }
             let c = match self.engine.inspect(&name).await {
                 Ok(Some(c)) => Some(c),
                 Ok(None) => {
@@ -1261,7 +1307,10 @@ impl<E: Engine> Updater<E> {
             } else {
                 VERIFY_POLL_FAST
             };
-            tokio::time::sleep(pause).await;
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = self.stop_now.cancelled() => return Err(stopped()),
+            }
         }
     }
 
@@ -1285,7 +1334,7 @@ impl<E: Engine> Updater<E> {
                 true
             }
             Blame::Strike => self.strike(&p.to, &error),
-            Blame::None => false,
+            Blame::None | Blame::Stopped => false,
         };
         if marked {
             warn!(digest = %p.to, "marked bad: it is not tried again until the tag moves or an operator deploys it");
@@ -1354,6 +1403,12 @@ impl<E: Engine> Updater<E> {
             }
         }
         let back = self.verify_primary().await;
+        if let Err(f) = &back {
+            if f.blame == Blame::Stopped {
+                warn!(digest = %from, "the agent stops before the old worker is verified again; it runs, and the rollback resumes at the next start");
+                return Ok(CheckOutcome::Suspended(f.error.clone()));
+            }
+        }
         self.state.current_digest = Some(from.clone());
         self.state.pending = None;
         self.save()?;
