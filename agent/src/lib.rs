@@ -10,6 +10,7 @@ pub mod control;
 pub mod daemon;
 pub mod docker;
 pub mod health;
+pub mod metrics;
 pub mod registry;
 pub mod update;
 pub mod worker;

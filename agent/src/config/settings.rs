@@ -166,9 +166,7 @@ pub(super) fn validate(f: Fragment, o: &Origin) -> Result<Settings, ConfigError>
                 .unwrap_or_else(|| super::DEFAULT_CONTROL_SOCKET.into()),
         ),
         metrics_listen,
-        stop_budget: agent
-            .stop_budget
-            .map_or(Duration::from_secs(60), |d| d.0),
+        stop_budget: agent.stop_budget.map_or(Duration::from_secs(60), |d| d.0),
     };
     absolute(&agent.state_dir, "agent.state_dir", o)?;
     absolute(&agent.control_socket, "agent.control_socket", o)?;

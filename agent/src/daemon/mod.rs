@@ -52,7 +52,11 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let shutdown = CancellationToken::new();
     let stop_now = CancellationToken::new();
-    spawn_signal_handler(shutdown.clone(), stop_now.clone(), settings.agent.stop_budget)?;
+    spawn_signal_handler(
+        shutdown.clone(),
+        stop_now.clone(),
+        settings.agent.stop_budget,
+    )?;
     info!(
         agent_id = %settings.agent.id,
         image = %settings.image.name,
@@ -91,6 +95,15 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
         },
         shutdown.clone(),
     ));
+
+    if let Some(addr) = settings.agent.metrics_listen {
+        let (view, stop) = (updater.watch(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(addr, view, stop).await {
+                error!(listen = %addr, error = %e, "metrics endpoint failed (agent.metrics_listen); the agent goes on without it");
+            }
+        });
+    }
 
     // systemd: a status line on every phase change, watchdog pings from the loop.
     let mut watchdog = systemd::Watchdog::from_env();
@@ -168,7 +181,10 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
     systemd::stopping();
     // Actions still queued are answered "stopped" (their senders go with the queue).
     drop(jobs);
-    if tokio::time::timeout(Duration::from_secs(5), control).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), control)
+        .await
+        .is_err()
+    {
         warn!("the control socket did not close within 5 s; leaving it");
     }
     if let Err(e) = std::fs::remove_file(&settings.agent.control_socket) {

@@ -35,7 +35,9 @@ impl RetryPolicy {
     ) -> Result<Response, RegistryError> {
         let mut attempt: u32 = 0;
         loop {
-            let delay = match build().send().await {
+            let sent = build().send().await;
+            crate::metrics::registry_request(sent.as_ref().ok().map(|r| r.status().as_u16()));
+            let delay = match sent {
                 Ok(resp) if is_retryable_status(resp.status().as_u16()) => {
                     let status = resp.status().as_u16();
                     if attempt >= self.retries {

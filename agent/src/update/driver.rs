@@ -567,6 +567,12 @@ impl<E: Engine> Updater<E> {
     }
 
     fn record(&self, entry: HistoryEntry) {
+        self.record_since(entry, None);
+    }
+
+    /// Appends `entry` to the history and counts it; `started` is when its update began.
+    fn record_since(&self, entry: HistoryEntry, started: Option<OffsetDateTime>) {
+        crate::metrics::global().observe(&entry, started);
         info!(
             kind = ?entry.kind, outcome = ?entry.outcome, from = entry.from.as_deref().unwrap_or("-"),
             to = entry.to.as_deref().unwrap_or("-"), downtime_ms = ?entry.downtime_ms,
@@ -584,16 +590,19 @@ impl<E: Engine> Updater<E> {
         error: Option<String>,
         downtime_ms: Option<u64>,
     ) {
-        self.record(HistoryEntry {
-            at: OffsetDateTime::now_utc(),
-            kind: p.kind,
-            from: p.from.clone(),
-            to: Some(p.to.clone()),
-            outcome,
-            trigger: p.trigger,
-            error,
-            downtime_ms,
-        });
+        self.record_since(
+            HistoryEntry {
+                at: OffsetDateTime::now_utc(),
+                kind: p.kind,
+                from: p.from.clone(),
+                to: Some(p.to.clone()),
+                outcome,
+                trigger: p.trigger,
+                error,
+                downtime_ms,
+            },
+            Some(p.started_at),
+        );
     }
 
     /// Brings the engine in line with the journal: finishes or rolls back an
@@ -1197,9 +1206,11 @@ impl<E: Engine> Updater<E> {
         let mut restarts: Option<i64> = None;
         let mut last_problem = String::from("no answer yet");
         let mut engine_trouble = false;
-        let stopped = || Failure {
+        let stopped = || {
+            Failure {
             error: "the agent stopped before the worker was verified; the verification resumes when it starts again".into(),
             blame: Blame::Stopped,
+        }
         };
         loop {
             if self.stop_now.is_cancelled() {
