@@ -1022,6 +1022,7 @@ impl<E: Engine> Updater<E> {
 
     /// Pulls `target` if needed and creates its container as `<name>-next`.
     async fn prepare(&self, target: &str) -> Result<(), UpdateError> {
+        failpoint::hit("during-pull").await;
         let next = self.next_name();
         self.remove_named(&next).await;
         // A leftover container of the same digest (an earlier failed try) is in the way too.

@@ -2,6 +2,10 @@
 //! feature: when `GPU_AGENT_FAILPOINT` names the point, the agent logs
 //! `failpoint reached: NAME` and stops there for good, so a test can kill -9
 //! it at exactly that step. Without the feature this is a no-op.
+//!
+//! Points: `during-pull` (before the pull, inside the step a SIGTERM cancels,
+//! so it also stands for a pull that takes long), `after-pull`, `after-drain`,
+//! `after-stop`, `after-start`, `during-rollback`.
 
 /// Stops here for good if the `failpoints` feature is on and the point is named.
 pub async fn hit(name: &'static str) {
