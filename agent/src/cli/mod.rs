@@ -140,7 +140,7 @@ pub fn run(cli: Cli) -> Exit {
 }
 
 async fn dispatch(cli: Cli, out: Output) -> Result<Exit, CliError> {
-    let client = Client::new(&cli.global.socket)?;
+    let client = Client::new(&cli.global.socket);
     match cli.command {
         Command::Status(a) => status::run(a, &client, out).await,
         Command::Check(a) => check::run(a, &client, out).await,
