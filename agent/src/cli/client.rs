@@ -431,4 +431,261 @@ mod tests {
         assert_eq!(e.exit(), Exit::Failed, "{e}");
         assert!(e.to_string().contains("broke before it answered"), "{e}");
     }
+
+    /// What the fake agent was sent: method, path and query, content type, body.
+    #[derive(Debug, Clone, PartialEq)]
+    struct Seen {
+        call: String,
+        content_type: Option<String>,
+        body: String,
+    }
+
+    /// A fake agent on a Unix socket in a temporary directory: each route
+    /// answers with its canned status and JSON; every request is recorded.
+    struct Fake {
+        _dir: tempfile::TempDir,
+        sock: PathBuf,
+        seen: std::sync::Arc<std::sync::Mutex<Vec<Seen>>>,
+    }
+
+    impl Fake {
+        /// Binds and serves on the current runtime.
+        async fn start(routes: &[(&'static str, StatusCode, &'static str)]) -> Fake {
+            use axum::extract::Request as AxumRequest;
+            let dir = tempfile::tempdir().unwrap();
+            let sock = dir.path().join("agent.sock");
+            let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let mut app = axum::Router::new();
+            for &(path, status, answer) in routes {
+                let seen = seen.clone();
+                app = app.route(
+                    path,
+                    axum::routing::any(move |req: AxumRequest| async move {
+                        let call = format!("{} {}", req.method(), req.uri());
+                        let content_type = req
+                            .headers()
+                            .get(CONTENT_TYPE)
+                            .map(|v| v.to_str().unwrap().to_string());
+                        let body = axum::body::to_bytes(req.into_body(), 1 << 20)
+                            .await
+                            .unwrap();
+                        seen.lock().unwrap().push(Seen {
+                            call,
+                            content_type,
+                            body: String::from_utf8(body.to_vec()).unwrap(),
+                        });
+                        (status, [(CONTENT_TYPE, "application/json")], answer)
+                    }),
+                );
+            }
+            let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+            tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+            Fake {
+                _dir: dir,
+                sock,
+                seen,
+            }
+        }
+
+        fn client(&self) -> Client {
+            Client::new(&self.sock)
+        }
+
+        /// The requests so far, and forgets them.
+        fn take(&self) -> Vec<Seen> {
+            std::mem::take(&mut *self.seen.lock().unwrap())
+        }
+    }
+
+    fn posted(call: &str, body: &str) -> Seen {
+        Seen {
+            call: call.into(),
+            content_type: Some("application/json".into()),
+            body: body.into(),
+        }
+    }
+
+    const DIGEST: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+    const HEALTH: &str = r#"{"verdict":"healthy","worker":{"verdict":"healthy",
+        "container":"gpu-worker","state":"running","digest":null,"restart_count":0,
+        "healthcheck":null,"http":{"url":"http://127.0.0.1:8080/health","ok":true,
+        "latency_ms":3,"error":null},"in_flight":0,"problem":null},
+        "gpu":{"verdict":"not_checked","detail":"no NVML"},
+        "hub":{"verdict":"healthy","detail":"registered","data":{"in_flight":0}}}"#;
+
+    #[tokio::test]
+    async fn each_maintenance_call_sends_its_request_and_reads_its_answer() {
+        let fake = Fake::start(&[
+            (
+                "/v1/drain",
+                StatusCode::OK,
+                r#"{"outcome":"drained","digest":null,"error":null}"#,
+            ),
+            (
+                "/v1/undrain",
+                StatusCode::OK,
+                r#"{"outcome":"undrained","digest":"sha256:aa","error":null}"#,
+            ),
+            (
+                "/v1/rollback",
+                StatusCode::OK,
+                r#"{"outcome":"updated","digest":"sha256:aa","error":null}"#,
+            ),
+            (
+                "/v1/pin",
+                StatusCode::OK,
+                r#"{"outcome":"up_to_date","digest":"sha256:aa","error":null}"#,
+            ),
+            (
+                "/v1/unpin",
+                StatusCode::OK,
+                r#"{"outcome":"unpinned","digest":null,"error":null}"#,
+            ),
+            ("/v1/health", StatusCode::OK, HEALTH),
+        ])
+        .await;
+        let c = fake.client();
+
+        let req = DrainRequest {
+            reason: Some("driver upgrade".into()),
+            timeout: Some("10m".into()),
+            wait: true,
+        };
+        assert_eq!(c.drain(&req).await.unwrap().value.outcome, "drained");
+        let r = c.drain(&DrainRequest::default()).await.unwrap();
+        assert!(r.raw.contains("drained"));
+        assert_eq!(
+            fake.take(),
+            [
+                posted(
+                    "POST /v1/drain",
+                    r#"{"reason":"driver upgrade","timeout":"10m","wait":true}"#
+                ),
+                posted(
+                    "POST /v1/drain",
+                    r#"{"reason":null,"timeout":null,"wait":false}"#
+                ),
+            ]
+        );
+
+        assert_eq!(c.undrain().await.unwrap().value.outcome, "undrained");
+        assert_eq!(c.rollback().await.unwrap().value.outcome, "updated");
+        assert_eq!(c.pin("v2").await.unwrap().value.outcome, "up_to_date");
+        assert_eq!(
+            c.pin(DIGEST).await.unwrap().value.digest.as_deref(),
+            Some("sha256:aa")
+        );
+        assert_eq!(c.unpin().await.unwrap().value.outcome, "unpinned");
+        assert_eq!(
+            fake.take(),
+            [
+                posted("POST /v1/undrain", "{}"),
+                posted("POST /v1/rollback", "{}"),
+                posted("POST /v1/pin", r#"{"reference":"v2"}"#),
+                posted("POST /v1/pin", &format!(r#"{{"reference":"{DIGEST}"}}"#)),
+                posted("POST /v1/unpin", "{}"),
+            ]
+        );
+
+        let h = c.health().await.unwrap();
+        assert_eq!(h.raw, HEALTH);
+        assert_eq!(h.value.worker.http.unwrap().latency_ms, 3);
+        assert_eq!(h.value.gpu.data, serde_json::Value::Null);
+        assert_eq!(
+            fake.take(),
+            [Seen {
+                call: "GET /v1/health".into(),
+                content_type: None,
+                body: String::new(),
+            }]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_bodies_read_as_the_server_request_types() {
+        // The bodies agentctl sends read as the server's request types, which
+        // refuse unknown fields.
+        let fake = Fake::start(&[
+            (
+                "/v1/drain",
+                StatusCode::OK,
+                r#"{"outcome":"started","digest":null,"error":null}"#,
+            ),
+            (
+                "/v1/pin",
+                StatusCode::OK,
+                r#"{"outcome":"updated","digest":"sha256:aa","error":null}"#,
+            ),
+        ])
+        .await;
+        let c = fake.client();
+        let req = DrainRequest {
+            reason: Some("x".into()),
+            timeout: None,
+            wait: false,
+        };
+        c.drain(&req).await.unwrap();
+        c.pin("stable").await.unwrap();
+        let seen = fake.take();
+        let d: DrainRequest = serde_json::from_str(&seen[0].body).unwrap();
+        assert_eq!(d, req);
+        let p: PinRequest = serde_json::from_str(&seen[1].body).unwrap();
+        assert_eq!(p.reference, "stable");
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_exit_code_4_with_the_server_text() {
+        let fake = Fake::start(&[(
+            "/v1/pin",
+            StatusCode::CONFLICT,
+            r#"{"error":"the worker is drained for maintenance: agentctl undrain first"}"#,
+        )])
+        .await;
+        let e = fake.client().pin("v2").await.unwrap_err();
+        assert_eq!(e.exit(), Exit::Refused);
+        assert_eq!(
+            e.to_string(),
+            "the worker is drained for maintenance: agentctl undrain first"
+        );
+    }
+
+    /// Whole command lines through `cli::run`, as the binary runs them: the
+    /// fake agent runs on a runtime of its own.
+    #[test]
+    fn command_lines_end_with_the_spec_exit_codes() {
+        use crate::cli::{run, Cli};
+        use clap::Parser;
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let fake = rt.block_on(Fake::start(&[
+            (
+                "/v1/drain",
+                StatusCode::CONFLICT,
+                r#"{"error":"an update is in progress"}"#,
+            ),
+            (
+                "/v1/undrain",
+                StatusCode::OK,
+                r#"{"outcome":"failed","digest":null,"error":"not healthy within 60s"}"#,
+            ),
+            ("/v1/health", StatusCode::OK, HEALTH),
+        ]));
+        let sock = fake.sock.to_str().unwrap();
+        let exit = |args: &[&str]| {
+            let mut argv = vec!["agentctl", "--json", "--socket", sock];
+            argv.extend_from_slice(args);
+            run(Cli::try_parse_from(argv).unwrap())
+        };
+        assert_eq!(exit(&["drain", "--timeout", "90s"]), Exit::Refused);
+        assert_eq!(exit(&["undrain"]), Exit::Failed);
+        assert_eq!(exit(&["health"]), Exit::Ok);
+        assert_eq!(exit(&["rollback"]), Exit::Failed, "404: no such call");
+        assert_eq!(
+            fake.take()[0],
+            posted(
+                "POST /v1/drain",
+                r#"{"reason":null,"timeout":"90s","wait":false}"#
+            )
+        );
+    }
 }
