@@ -35,8 +35,9 @@ pub use crate::config::DEFAULT_CONTROL_SOCKET as DEFAULT_SOCKET;
 pub enum Exit {
     /// Done.
     Ok = 0,
-    /// The action failed (rolled back, aborted, failed) or the agent hit an
-    /// error (HTTP 500, an answer that does not read, a connection that broke).
+    /// The action failed (rolled back, aborted, failed), `health` found
+    /// something unhealthy, or the agent hit an error (HTTP 500, an answer
+    /// that does not read, a connection that broke).
     Failed = 1,
     /// Bad command line. clap exits with this code itself on its own errors.
     Usage = 2,
