@@ -24,7 +24,9 @@ pub struct Args {
 
 pub async fn run(args: Args, client: &Client, out: Output) -> Result<Exit, CliError> {
     let reply = if args.wait {
-        client.showing_progress(out, client.check(true)).await?
+        client
+            .showing_progress(out, "the update", client.check(true))
+            .await?
     } else {
         client.check(false).await?
     };

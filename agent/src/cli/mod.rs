@@ -8,9 +8,15 @@
 
 pub mod check;
 pub mod client;
+pub mod drain;
+pub mod health;
 pub mod history;
 pub mod output;
+pub mod pin;
+pub mod rollback;
 pub mod status;
+pub mod undrain;
+pub mod unpin;
 pub mod update;
 
 use std::path::PathBuf;
@@ -29,8 +35,9 @@ pub use crate::config::DEFAULT_CONTROL_SOCKET as DEFAULT_SOCKET;
 pub enum Exit {
     /// Done.
     Ok = 0,
-    /// The action failed (rolled back, aborted, failed) or the agent hit an
-    /// error (HTTP 500, an answer that does not read, a connection that broke).
+    /// The action failed (rolled back, aborted, failed), `health` found
+    /// something unhealthy, or the agent hit an error (HTTP 500, an answer
+    /// that does not read, a connection that broke).
     Failed = 1,
     /// Bad command line. clap exits with this code itself on its own errors.
     Usage = 2,
@@ -76,12 +83,19 @@ impl CliError {
     }
 }
 
-/// Operate the gpu-agent of this host: see what the GPU worker runs, check
-/// for or deploy a new worker image, read the audit trail.
+/// Operate the gpu-agent of this host: see what the GPU worker runs and how
+/// healthy it is, check for or deploy a new worker image, roll back, pin an
+/// image, drain the worker for maintenance, read the audit trail.
+///
+/// Maintenance: agentctl drain stops new jobs, lets the jobs in flight end
+/// and stops the worker; updates are held until agentctl undrain starts it
+/// again. agentctl pin holds the worker on one digest or tag until agentctl
+/// unpin; agentctl rollback goes back to the previous good digest and marks
+/// the one it leaves bad.
 ///
 /// agentctl talks to the agent over its control socket (root and group
-/// gpu-agent only). Exit codes: 0 done; 1 failed (rolled back, aborted, an
-/// agent error); 2 usage; 3 the agent is not reachable; 4 refused in the
+/// gpu-agent only). Exit codes: 0 done; 1 failed (rolled back, aborted,
+/// unhealthy, an agent error); 2 usage; 3 the agent is not reachable; 4 refused in the
 /// agent's current state (the message says why).
 #[derive(Debug, Parser)]
 #[command(name = "agentctl", version)]
@@ -112,8 +126,14 @@ pub struct Global {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     Status(status::Args),
+    Health(health::Args),
     Check(check::Args),
     Update(update::Args),
+    Rollback(rollback::Args),
+    Pin(pin::Args),
+    Unpin(unpin::Args),
+    Drain(drain::Args),
+    Undrain(undrain::Args),
     History(history::Args),
 }
 
@@ -140,11 +160,17 @@ pub fn run(cli: Cli) -> Exit {
 }
 
 async fn dispatch(cli: Cli, out: Output) -> Result<Exit, CliError> {
-    let client = Client::new(&cli.global.socket)?;
+    let client = Client::new(&cli.global.socket);
     match cli.command {
         Command::Status(a) => status::run(a, &client, out).await,
         Command::Check(a) => check::run(a, &client, out).await,
         Command::Update(a) => update::run(a, &client, out).await,
+        Command::Rollback(a) => rollback::run(a, &client, out).await,
+        Command::Pin(a) => pin::run(a, &client, out).await,
+        Command::Unpin(a) => unpin::run(a, &client, out).await,
+        Command::Drain(a) => drain::run(a, &client, out).await,
+        Command::Undrain(a) => undrain::run(a, &client, out).await,
+        Command::Health(a) => health::run(a, &client, out).await,
         Command::History(a) => history::run(a, &client, out).await,
     }
 }
@@ -170,6 +196,34 @@ mod tests {
     }
 
     #[test]
+    fn maintenance_commands_parse() {
+        let c = Cli::try_parse_from([
+            "agentctl",
+            "drain",
+            "--reason",
+            "driver upgrade",
+            "--timeout",
+            "1h30m",
+            "--wait",
+        ])
+        .unwrap();
+        let Command::Drain(d) = c.command else {
+            panic!("{:?}", c.command)
+        };
+        assert_eq!(d.reason.as_deref(), Some("driver upgrade"));
+        assert_eq!(d.timeout.as_deref(), Some("1h30m"));
+        assert!(d.wait);
+        let c = Cli::try_parse_from(["agentctl", "pin", "v2.4.1"]).unwrap();
+        let Command::Pin(p) = c.command else {
+            panic!("{:?}", c.command)
+        };
+        assert_eq!(p.reference, "v2.4.1");
+        for cmd in ["undrain", "rollback", "unpin", "health"] {
+            Cli::try_parse_from(["agentctl", cmd]).unwrap();
+        }
+    }
+
+    #[test]
     fn usage_errors_are_exit_code_2() {
         for args in [
             &["agentctl", "frobnicate"][..],
@@ -177,6 +231,17 @@ mod tests {
             &["agentctl", "update"],
             &["agentctl", "update", "--digest", "latest"],
             &["agentctl", "history", "-n", "0"],
+            &["agentctl", "drain", "--timeout", "10"],
+            &["agentctl", "drain", "--timeout", "ten minutes"],
+            &["agentctl", "drain", "--timeout", ""],
+            &["agentctl", "drain", "--timeout", "2y"],
+            &["agentctl", "pin"],
+            &["agentctl", "pin", "sha256:abc"],
+            &["agentctl", "pin", "ghcr.io/acme/worker:v2"],
+            &["agentctl", "pin", ".v2"],
+            &["agentctl", "pin", "v2", "v3"],
+            &["agentctl", "unpin", "v2"],
+            &["agentctl", "undrain", "--wait"],
         ] {
             let e = Cli::try_parse_from(args).unwrap_err();
             assert_eq!(e.exit_code(), Exit::Usage as i32, "{args:?}");

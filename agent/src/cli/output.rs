@@ -266,14 +266,18 @@ fn row<'a>(widths: &[usize], cells: impl Iterator<Item = &'a str>) -> String {
     s
 }
 
+/// `": <error>"` when the result carries an error, else nothing.
+pub fn because(r: &ActionResult) -> String {
+    r.error
+        .as_deref()
+        .map(|e| format!(": {e}"))
+        .unwrap_or_default()
+}
+
 /// One line saying what a check or an update led to.
 pub fn action_line(r: &ActionResult) -> String {
     let digest = r.digest.as_deref().unwrap_or("the new digest");
-    let why = r
-        .error
-        .as_deref()
-        .map(|e| format!(": {e}"))
-        .unwrap_or_default();
+    let why = because(r);
     match r.outcome.as_str() {
         "started" => "check started; agentctl status shows what it finds".into(),
         "up_to_date" => match &r.digest {

@@ -37,21 +37,8 @@ pub fn render(s: &Status, now: OffsetDateTime) -> String {
             "last good",
             s.last_good_digest.clone().unwrap_or_else(|| "none".into()),
         ),
-        (
-            "drained",
-            if s.drained {
-                "yes (updates are held until agentctl undrain)".into()
-            } else {
-                "no".into()
-            },
-        ),
-        (
-            "pinned",
-            match &s.pinned {
-                Some(p) => format!("{p} (updates are held until agentctl unpin)"),
-                None => "no".into(),
-            },
-        ),
+        ("drained", drained(s, now)),
+        ("pinned", pinned(s)),
     ];
     if s.bad_digests.is_empty() {
         rows.push(("bad digests", "none".into()));
@@ -84,6 +71,34 @@ pub fn render(s: &Status, now: OffsetDateTime) -> String {
             .map_or_else(|| "none in progress".into(), |p| pending(p, now)),
     ));
     key_values(&rows)
+}
+
+/// `yes since … (4m ago): reason (updates are held until agentctl undrain)`.
+fn drained(s: &Status, now: OffsetDateTime) -> String {
+    if !s.drained {
+        return "no".into();
+    }
+    let mut line = "yes".to_string();
+    if let Some(at) = &s.drained_at {
+        line.push_str(&format!(" since {}", when(at, now)));
+    }
+    if let Some(reason) = &s.drain_reason {
+        line.push_str(&format!(": {reason}"));
+    }
+    line.push_str(" (updates are held until agentctl undrain)");
+    line
+}
+
+/// `stable (sha256:…; updates are held until agentctl unpin)`: the digest a
+/// tag resolved to when it was pinned.
+fn pinned(s: &Status) -> String {
+    let Some(p) = &s.pinned else {
+        return "no".into();
+    };
+    match s.pinned_digest.as_deref().filter(|d| d != p) {
+        Some(d) => format!("{p} ({d}; updates are held until agentctl unpin)"),
+        None => format!("{p} (updates are held until agentctl unpin)"),
+    }
 }
 
 /// The update in progress: `from → to, step draining, trigger cli, started … (12s ago)`.
@@ -200,5 +215,49 @@ update:       aaaaaaaaaaaa → cccccccccccc, step draining, trigger cli, started
         ] {
             assert!(text.contains(line), "{line:?} not in\n{text}");
         }
+    }
+
+    #[test]
+    fn a_maintenance_drain_and_a_tag_pin_say_why_and_what() {
+        let s = Status {
+            agent_id: "h".into(),
+            phase: "drained".into(),
+            current_digest: Some(digest('a')),
+            last_good_digest: Some(digest('a')),
+            drained: true,
+            pinned: Some("v2".into()),
+            bad_digests: vec![],
+            last_check: None,
+            next_check: None,
+            last_error: None,
+            image: "r".into(),
+            policy: "tag stable".into(),
+            pending: None,
+            drain_reason: Some("driver upgrade".into()),
+            drained_at: Some("2026-11-22T07:11:23Z".into()),
+            pinned_digest: Some(digest('a')),
+        };
+        let text = render(&s, datetime!(2026-11-22 07:15:23 UTC));
+        let drained = "drained:      yes since 2026-11-22T07:11:23Z (4m ago): driver upgrade \
+                       (updates are held until agentctl undrain)\n";
+        assert!(text.contains(drained), "{text}");
+        let pinned = format!(
+            "pinned:       v2 ({}; updates are held until agentctl unpin)\n",
+            digest('a')
+        );
+        assert!(text.contains(&pinned), "{text}");
+        // A digest pin does not repeat itself.
+        let s = Status {
+            pinned: Some(digest('a')),
+            drained: false,
+            ..s
+        };
+        let text = render(&s, datetime!(2026-11-22 07:15:23 UTC));
+        let pinned = format!(
+            "pinned:       {} (updates are held until agentctl unpin)\n",
+            digest('a')
+        );
+        assert!(text.contains(&pinned), "{text}");
+        assert!(text.contains("drained:      no\n"), "{text}");
     }
 }

@@ -24,7 +24,7 @@ pub struct Args {
 
 pub async fn run(args: Args, client: &Client, out: Output) -> Result<Exit, CliError> {
     let reply = client
-        .showing_progress(out, client.update(&args.digest))
+        .showing_progress(out, "the update", client.update(&args.digest))
         .await?;
     let ok = reply.value.ok();
     out.answer(&reply, ok, action_line);

@@ -419,7 +419,8 @@ fn http_url(s: &str, key: &str, o: &Origin) -> Result<Url, ConfigError> {
     Ok(u)
 }
 
-fn valid_tag(t: &str) -> bool {
+/// The OCI tag grammar: `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}` (also `agentctl pin`'s).
+pub(crate) fn valid_tag(t: &str) -> bool {
     !t.is_empty()
         && t.len() <= 128
         && t.chars()
