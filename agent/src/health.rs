@@ -99,19 +99,23 @@ impl<E: Engine> Checker<E> {
             HealthState::Unhealthy => Some("unhealthy".into()),
         };
         if c.running && !c.restarting {
-            if let Some(url) = &w.health.http {
+            // Both probes at once: the answer waits for the slower one only.
+            let health = async {
+                let url = w.health.http.as_ref()?;
                 let t0 = Instant::now();
                 let r = self.probe.health(url).await;
-                h.http = Some(Probe {
+                Some(Probe {
                     url: url.to_string(),
                     ok: r.is_ok(),
                     latency_ms: t0.elapsed().as_millis() as u64,
                     error: r.err().map(|e| e.to_string()),
-                });
-            }
-            if let Some(url) = &w.drain.http {
-                h.in_flight = self.probe.in_flight(url).await.ok();
-            }
+                })
+            };
+            let in_flight = async {
+                let url = w.drain.http.as_ref()?;
+                self.probe.in_flight(url).await.ok()
+            };
+            (h.http, h.in_flight) = tokio::join!(health, in_flight);
         }
         let (verdict, problem) = judge(&c, h.http.as_ref(), drained);
         h.verdict = verdict.into();

@@ -672,11 +672,13 @@ async fn a_digest_that_will_not_pull_is_retried_then_marked_bad() {
     // Three failed pulls, then the digest is marked bad; the worker was never touched.
     let marked = wait_for(WAIT, || async { s.is_marked_bad(&lost).then_some(()) }).await;
     assert!(marked.is_some(), "never marked bad:\n{}", agent.log());
-    let failed: Vec<_> = s
-        .history()
-        .into_iter()
-        .filter(|e| e["to"] == lost)
-        .collect();
+    // The history line follows the state write that marks it.
+    let failed = wait_for(WAIT, || async {
+        let f: Vec<_> = s.history().into_iter().filter(|e| e["to"] == lost).collect();
+        (f.len() >= 3).then_some(f)
+    })
+    .await
+    .expect("three failed pulls in the history");
     assert_eq!(failed.len(), 3, "{failed:#?}");
     assert!(failed.iter().all(|e| e["outcome"] == "failed"));
     assert!(
