@@ -87,7 +87,11 @@ async fn drain_waits_for_jobs_stops_the_worker_holds_updates_and_survives_a_rest
     let mut agent = s.start_agent(&cfg);
     s.wait_history(&v1, "success", &agent).await;
 
-    let r = ctl(&s, &["drain", "--reason", "kernel upgrade", "--wait", "--json"]).await;
+    let r = ctl(
+        &s,
+        &["drain", "--reason", "kernel upgrade", "--wait", "--json"],
+    )
+    .await;
     r.expect(0);
     assert_eq!(r.json()["outcome"], "drained", "{r:#?}");
     assert!(s.running().await.is_none(), "the worker is stopped");
@@ -123,7 +127,10 @@ async fn drain_waits_for_jobs_stops_the_worker_holds_updates_and_survives_a_rest
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(s.running().await.is_none(), "{}", agent.log());
     let st = status(&ctl(&s, &["status", "--json"]).await);
-    assert_eq!((st["drained"].clone(), st["phase"].clone()), (Value::Bool(true), "drained".into()));
+    assert_eq!(
+        (st["drained"].clone(), st["phase"].clone()),
+        (Value::Bool(true), "drained".into())
+    );
 
     // Undrain: the same digest comes back behind the health gate; then the held update runs.
     let r = ctl(&s, &["undrain", "--json"]).await;
@@ -173,10 +180,16 @@ async fn a_drain_that_times_out_says_how_many_jobs_were_in_flight_and_keeps_the_
     let a = r.json();
     assert_eq!(a["outcome"], "aborted", "{a:#}");
     let err = a["error"].as_str().unwrap();
-    assert!(err.contains("jobs still in flight") && err.contains("5"), "{err}");
+    assert!(
+        err.contains("jobs still in flight") && err.contains("5"),
+        "{err}"
+    );
     let c = s.running().await.expect("the worker keeps serving");
     assert_eq!(c.digest.as_deref(), Some(v1.as_str()));
-    assert!(events(&s).iter().any(|e| e == "undrain"), "it got its jobs back");
+    assert!(
+        events(&s).iter().any(|e| e == "undrain"),
+        "it got its jobs back"
+    );
     let st = status(&ctl(&s, &["status", "--json"]).await);
     assert_eq!(st["drained"], false);
     let r = ctl(&s, &["drain", "--timeout", "soon"]).await;
@@ -213,7 +226,10 @@ async fn undrain_during_a_drain_cancels_it() {
     assert!(events(&s).iter().any(|e| e == "undrain"));
     let h = s.history();
     let last = h.last().unwrap();
-    assert_eq!((last["kind"].as_str(), last["outcome"].as_str()), (Some("drain"), Some("aborted")));
+    assert_eq!(
+        (last["kind"].as_str(), last["outcome"].as_str()),
+        (Some("drain"), Some("aborted"))
+    );
     assert!(last["error"].as_str().unwrap().contains("agentctl undrain"));
 }
 
@@ -234,20 +250,38 @@ async fn rollback_goes_back_one_good_digest_and_polling_does_not_bring_the_other
     let r = ctl(&s, &["rollback", "--json"]).await;
     r.expect(0);
     let a = r.json();
-    assert_eq!((a["outcome"].as_str(), a["digest"].as_str()), (Some("updated"), Some(v1.as_str())), "{a:#}");
+    assert_eq!(
+        (a["outcome"].as_str(), a["digest"].as_str()),
+        (Some("updated"), Some(v1.as_str())),
+        "{a:#}"
+    );
     s.wait_running(&v1, "v1", &agent).await;
     // The tag still names v2; several polls go by and leave v1 running.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(s.running().await.unwrap().digest.as_deref(), Some(v1.as_str()));
+    assert_eq!(
+        s.running().await.unwrap().digest.as_deref(),
+        Some(v1.as_str())
+    );
     let st = status(&ctl(&s, &["status", "--json"]).await);
     assert_eq!(st["current_digest"], v1);
     assert!(
-        st["bad_digests"].as_array().unwrap().iter().any(|b| b["digest"] == v2),
+        st["bad_digests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["digest"] == v2),
         "{st:#}"
     );
     let h = s.history();
-    let e = h.iter().rev().find(|e| e["kind"] == "rollback").expect("a rollback entry");
-    assert_eq!((e["from"].as_str(), e["to"].as_str(), e["outcome"].as_str()), (Some(v2.as_str()), Some(v1.as_str()), Some("success")));
+    let e = h
+        .iter()
+        .rev()
+        .find(|e| e["kind"] == "rollback")
+        .expect("a rollback entry");
+    assert_eq!(
+        (e["from"].as_str(), e["to"].as_str(), e["outcome"].as_str()),
+        (Some(v2.as_str()), Some(v1.as_str()), Some("success"))
+    );
     assert!(e["downtime_ms"].as_u64().is_some());
 }
 
@@ -266,9 +300,16 @@ async fn pin_holds_a_tag_or_digest_clears_its_bad_mark_and_unpin_releases_it() {
     assert_eq!(r.json()["digest"], v2, "{r:#?}");
     s.wait_running(&v2, "v2", &agent).await;
     let st = status(&ctl(&s, &["status", "--json"]).await);
-    assert_eq!((st["pinned"].as_str(), st["pinned_digest"].as_str()), (Some("candidate"), Some(v2.as_str())));
+    assert_eq!(
+        (st["pinned"].as_str(), st["pinned_digest"].as_str()),
+        (Some("candidate"), Some(v2.as_str()))
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(s.running().await.unwrap().digest.as_deref(), Some(v2.as_str()), "polls are held");
+    assert_eq!(
+        s.running().await.unwrap().digest.as_deref(),
+        Some(v2.as_str()),
+        "polls are held"
+    );
     let r = ctl(&s, &["update", "--digest", &v1]).await;
     r.expect(4);
     assert!(r.stderr.contains("pinned to candidate"), "{r:#?}");
@@ -282,7 +323,10 @@ async fn pin_holds_a_tag_or_digest_clears_its_bad_mark_and_unpin_releases_it() {
     assert_eq!(r.json()["outcome"], "rolled_back");
     assert!(s.is_marked_bad(&bad));
     let st = status(&ctl(&s, &["status", "--json"]).await);
-    assert_eq!(st["pinned"], "candidate", "a failed pin keeps the earlier one");
+    assert_eq!(
+        st["pinned"], "candidate",
+        "a failed pin keeps the earlier one"
+    );
     s.wait_running(&v2, "v2", &agent).await;
 
     let r = ctl(&s, &["pin", "not/a:tag"]).await;
@@ -295,14 +339,32 @@ async fn pin_holds_a_tag_or_digest_clears_its_bad_mark_and_unpin_releases_it() {
     s.wait_running(&v1, "v1", &agent).await;
     let r = ctl(&s, &["unpin"]).await;
     r.expect(4);
-    let kinds: Vec<String> = s
-        .history()
-        .iter()
-        .map(|e| format!("{}:{}", e["kind"].as_str().unwrap(), e["outcome"].as_str().unwrap()))
-        .collect();
+    // The history line follows the commit the health answer shows.
+    let kinds = wait_for(WAIT, || async {
+        let k: Vec<String> = s
+            .history()
+            .iter()
+            .map(|e| {
+                format!(
+                    "{}:{}",
+                    e["kind"].as_str().unwrap(),
+                    e["outcome"].as_str().unwrap()
+                )
+            })
+            .collect();
+        (k.len() >= 5).then_some(k)
+    })
+    .await
+    .expect("five history entries");
     assert_eq!(
         kinds,
-        ["update:success", "pin:success", "pin:rolled_back", "unpin:success", "update:success"]
+        [
+            "update:success",
+            "pin:success",
+            "pin:rolled_back",
+            "unpin:success",
+            "update:success"
+        ]
     );
 }
 
@@ -336,7 +398,13 @@ async fn health_reports_the_worker_now() {
     r.expect(1);
     let h = r.json();
     assert_eq!(h["verdict"], "unhealthy", "{h:#}");
-    assert!(h["worker"]["problem"].as_str().unwrap().contains("not running"), "{h:#}");
+    assert!(
+        h["worker"]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("not running"),
+        "{h:#}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -344,12 +412,16 @@ async fn metrics_count_updates_and_follow_the_phase() {
     let s = Setup::new("mt-metrics");
     let v1 = s.push("v1", "stable");
     let port = free_port();
-    let cfg = hourly(s.config("tag = \"stable\"", &s.env(""), ""))
-        .replace("[agent]\n", &format!("[agent]\nmetrics_listen = \"127.0.0.1:{port}\"\n"));
+    let cfg = hourly(s.config("tag = \"stable\"", &s.env(""), "")).replace(
+        "[agent]\n",
+        &format!("[agent]\nmetrics_listen = \"127.0.0.1:{port}\"\n"),
+    );
     let agent = s.start_agent(&cfg);
     s.wait_history(&v1, "success", &agent).await;
     let scrape = || async move {
-        let r = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.unwrap();
+        let r = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .unwrap();
         assert!(r.status().is_success());
         let ct = r.headers()["content-type"].to_str().unwrap().to_string();
         assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
@@ -369,6 +441,12 @@ async fn metrics_count_updates_and_follow_the_phase() {
     ctl(&s, &["drain", "--wait"]).await.expect(0);
     let text = scrape().await;
     assert!(text.contains("gpu_agent_worker_drained 1"), "{text}");
-    assert!(text.contains("gpu_agent_update_phase{phase=\"drained\"} 1"), "{text}");
-    assert!(text.contains("gpu_agent_update_total{kind=\"drain\",outcome=\"success\"} 1"), "{text}");
+    assert!(
+        text.contains("gpu_agent_update_phase{phase=\"drained\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("gpu_agent_update_total{kind=\"drain\",outcome=\"success\"} 1"),
+        "{text}"
+    );
 }

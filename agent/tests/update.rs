@@ -674,7 +674,11 @@ async fn a_digest_that_will_not_pull_is_retried_then_marked_bad() {
     assert!(marked.is_some(), "never marked bad:\n{}", agent.log());
     // The history line follows the state write that marks it.
     let failed = wait_for(WAIT, || async {
-        let f: Vec<_> = s.history().into_iter().filter(|e| e["to"] == lost).collect();
+        let f: Vec<_> = s
+            .history()
+            .into_iter()
+            .filter(|e| e["to"] == lost)
+            .collect();
         (f.len() >= 3).then_some(f)
     })
     .await

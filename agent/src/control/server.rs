@@ -435,18 +435,32 @@ async fn undrain(State(s): State<ControlState>, bytes: Bytes) -> Response {
     if let Err(why) = body::<Empty>(&bytes) {
         return error(StatusCode::BAD_REQUEST, why);
     }
-    let v = s.view.borrow().clone();
-    if v.state.drained && !v.state.drain_complete {
-        // The drain still waits for in-flight jobs: end the wait; the worker
-        // never stopped, and gets its jobs back.
+    let in_progress = |v: &View| v.state.drained && !v.state.drain_complete;
+    if in_progress(&s.view.borrow()) {
+        // The drain still waits for in-flight jobs: end the wait (the worker
+        // never stopped, and gets its jobs back), and see how it ended.
         s.drain_cancel.store(true, Ordering::SeqCst);
         info!("agentctl undrain: cancelling the maintenance drain in progress");
-        return Json(ActionResult {
-            outcome: "undrained".into(),
-            digest: v.state.current_digest.clone(),
-            error: None,
-        })
-        .into_response();
+        let mut view = s.view.clone();
+        let ended = view.wait_for(|v| !in_progress(v)).await.map(|v| v.clone());
+        match ended {
+            Ok(v) if !v.state.drained => {
+                return Json(ActionResult {
+                    outcome: "undrained".into(),
+                    digest: v.state.current_digest.clone(),
+                    error: None,
+                })
+                .into_response();
+            }
+            // The drain had stopped the worker already: undrain as usual.
+            Ok(_) => {}
+            Err(_) => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the agent is shutting down".into(),
+                )
+            }
+        }
     }
     run(&s, Action::Undrain).await
 }

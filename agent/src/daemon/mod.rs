@@ -126,57 +126,66 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
 
     systemd::ready();
     let mut trigger = Trigger::Startup;
-    let mut wait = Duration::ZERO;
     failures = 0;
+    let mut deadline = tokio::time::Instant::now();
+    updater.set_next_check(Some(OffsetDateTime::now_utc()));
     loop {
-        // Wait for the next check; meanwhile SIGHUP reloads the config and
-        // agentctl's actions run.
-        let deadline = tokio::time::Instant::now() + wait;
-        updater.set_next_check(Some(OffsetDateTime::now_utc() + wait));
-        watchdog.alive(async {
-            loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => break,
-                _ = shutdown.cancelled() => break,
-                _ = hup.recv() => {
-                    if let Some(new) = reload(&config, &settings) {
-                        match registry_client(&new) {
-                            Ok(registry) => {
-                                updater.reload(new.clone(), registry);
-                                settings_tx.send_replace(new.clone());
-                                settings = new;
-                            }
-                            Err(e) => error!(error = %format!("{e:#}"), "config reload refused; keeping the running config"),
+        // Everything the loop reacts to arrives as one Event; each is handled
+        // to its end before the next is taken.
+        let event = tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => Event::Tick,
+            _ = watchdog.due() => Event::Watchdog,
+            _ = shutdown.cancelled() => Event::Stop,
+            _ = hup.recv() => Event::Reload,
+            Some(job) = jobs.recv() => Event::Job(job),
+        };
+        match event {
+            Event::Stop => break,
+            Event::Watchdog => watchdog.ping(),
+            Event::Reload => {
+                if let Some(new) = reload(&config, &settings) {
+                    match registry_client(&new) {
+                        Ok(registry) => {
+                            updater.reload(new.clone(), registry);
+                            settings_tx.send_replace(new.clone());
+                            settings = new;
+                        }
+                        Err(e) => {
+                            error!(error = %format!("{e:#}"), "config reload refused; keeping the running config")
                         }
                     }
                 }
-                Some(job) = jobs.recv() => run_job(&mut updater, job).await,
             }
+            Event::Job(job) => watchdog.alive(run_job(&mut updater, job)).await,
+            Event::Tick => {
+                updater.set_next_check(None);
+                // Resume an update an error left midway, else make sure the worker runs.
+                if let Err(e) = watchdog.alive(updater.reconcile()).await {
+                    warn!(error = %crate::error_chain(&e), "could not reconcile the worker with the journal");
+                }
+                let poll = settings.image.poll_interval;
+                let wait = match watchdog.alive(updater.check(trigger)).await {
+                    Ok(outcome) => {
+                        failures = 0;
+                        log_outcome(&outcome);
+                        poll + jitter(settings.image.poll_jitter)
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        let wait = backoff(failures, RETRY_CAP.min(poll))
+                            + jitter(settings.image.poll_jitter);
+                        error!(error = %crate::error_chain(&e), attempt = failures, retry_in = ?wait, "check failed; the worker is left as it is");
+                        wait
+                    }
+                };
+                trigger = Trigger::Poll;
+                deadline = tokio::time::Instant::now() + wait;
+                updater.set_next_check(Some(OffsetDateTime::now_utc() + wait));
             }
-        })
-        .await;
+        }
         if shutdown.is_cancelled() {
             break;
         }
-        updater.set_next_check(None);
-        // Resume an update an error left midway, else make sure the worker runs.
-        if let Err(e) = watchdog.alive(updater.reconcile()).await {
-            warn!(error = %crate::error_chain(&e), "could not reconcile the worker with the journal");
-        }
-        let poll = settings.image.poll_interval;
-        match watchdog.alive(updater.check(trigger)).await {
-            Ok(outcome) => {
-                failures = 0;
-                log_outcome(&outcome);
-                wait = poll + jitter(settings.image.poll_jitter);
-            }
-            Err(e) => {
-                failures += 1;
-                wait = backoff(failures, RETRY_CAP.min(poll)) + jitter(settings.image.poll_jitter);
-                error!(error = %crate::error_chain(&e), attempt = failures, retry_in = ?wait, "check failed; the worker is left as it is");
-            }
-        }
-        trigger = Trigger::Poll;
     }
     systemd::stopping();
     // Actions still queued are answered "stopped" (their senders go with the queue).
@@ -192,6 +201,20 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
     }
     info!("gpu-agent stopping; the worker keeps running");
     Ok(())
+}
+
+/// What the daemon loop reacts to.
+enum Event {
+    /// The next check is due (poll interval plus jitter, or a retry's backoff).
+    Tick,
+    /// SIGHUP: read the config again.
+    Reload,
+    /// An operator's action from the control socket.
+    Job(Job),
+    /// SIGTERM or SIGINT.
+    Stop,
+    /// systemd's watchdog wants its ping (the loop is alive to take it).
+    Watchdog,
 }
 
 /// Tells systemd what the agent does, on every phase change.

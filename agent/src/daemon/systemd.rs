@@ -51,6 +51,20 @@ impl Watchdog {
         self.tick.as_ref().map(|t| t.period())
     }
 
+    /// Resolves when the next ping is due (never without a watchdog).
+    pub async fn due(&mut self) {
+        match self.tick.as_mut() {
+            Some(t) => {
+                t.tick().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    pub fn ping(&self) {
+        send(&[NotifyState::Watchdog]);
+    }
+
     /// Runs `f`, pinging on schedule while it is being driven.
     pub async fn alive<F: Future>(&mut self, f: F) -> F::Output {
         let Some(tick) = self.tick.as_mut() else {

@@ -352,6 +352,8 @@ impl<E: Engine> Updater<E> {
         if self.state.drained && self.state.drain_complete {
             return Ok(CheckOutcome::Drained);
         }
+        // A flag left from an earlier drain must not cancel this one.
+        self.drain_cancel.store(false, Ordering::SeqCst);
         self.state.drained = true;
         self.state.drain_complete = false;
         self.state.drain_reason = reason;
@@ -379,8 +381,14 @@ impl<E: Engine> Updater<E> {
             .filter(|c| c.running || c.restarting)
             .collect();
         if !running.is_empty() {
-            self.drain_cancel.store(false, Ordering::SeqCst);
-            if let Err(reason) = self.drain(timeout).await {
+            let drained = match self.drain(timeout).await {
+                // An undrain that came as the last job ended still wins.
+                Ok(()) if self.drain_cancel.swap(false, Ordering::SeqCst) => {
+                    Err("cancelled by agentctl undrain".to_string())
+                }
+                r => r,
+            };
+            if let Err(reason) = drained {
                 if self.shutdown.is_cancelled() {
                     info!("the agent stops during a maintenance drain; it resumes when the agent starts again");
                     return Ok(CheckOutcome::Aborted(
