@@ -258,6 +258,7 @@ mod tests {
                 trigger: Trigger::Poll,
                 error: None,
                 downtime_ms: Some(250),
+                reason: None,
             },
             Some(at - time::Duration::seconds(12)),
         );

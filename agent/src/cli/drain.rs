@@ -8,8 +8,8 @@ use crate::control::api::{ActionResult, DrainRequest};
 
 /// Drain the worker for maintenance and hold updates until agentctl undrain.
 ///
-/// The agent stops new jobs from reaching the worker (through the hub and the
-/// worker's drain endpoint), waits for the jobs in flight to end (up to
+/// The agent stops new jobs from reaching the worker (through the worker's
+/// drain endpoint, worker.drain.http), waits for the jobs in flight to end (up to
 /// --timeout, default worker.drain.timeout), then stops the worker. At the
 /// deadline worker.drain.on_timeout decides: abort gives the worker its jobs
 /// back and refuses the drain, proceed stops the worker anyway. While drained

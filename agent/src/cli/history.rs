@@ -12,7 +12,7 @@ use crate::update::journal::HistoryEntry;
 /// One line per entry: when, what (update, rollback, drain, undrain, pin,
 /// unpin), from which digest to which (the first 12 hex digits), the outcome
 /// (success, rolled_back, failed, aborted), what triggered it (poll, nudge,
-/// cli, hub, startup), the worker's downtime for updates, and the error.
+/// cli, hub, startup), the worker's downtime for updates, and the error (or a drain's reason).
 /// With --json, the full entries.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -47,10 +47,11 @@ pub fn render(entries: &[HistoryEntry]) -> String {
                 name(&e.outcome),
                 name(&e.trigger),
                 e.downtime_ms.map_or_else(|| "-".into(), millis),
-                e.error.as_deref().map_or_else(
-                    || "-".into(),
-                    |s| s.split_whitespace().collect::<Vec<_>>().join(" "),
-                ),
+                match (&e.error, &e.reason) {
+                    (Some(error), _) => one_line(error),
+                    (None, Some(reason)) => format!("reason: {}", one_line(reason)),
+                    (None, None) => "-".into(),
+                },
             ]
         })
         .collect();
@@ -62,10 +63,14 @@ pub fn render(entries: &[HistoryEntry]) -> String {
             "OUTCOME",
             "TRIGGER",
             "DOWNTIME",
-            "ERROR",
+            "DETAIL",
         ],
         &rows,
     )
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// The wire name of a unit enum (`rolled_back`).
@@ -95,6 +100,7 @@ mod tests {
                 trigger: Trigger::Startup,
                 error: None,
                 downtime_ms: Some(0),
+                reason: None,
             },
             HistoryEntry {
                 at: datetime!(2026-11-22 07:10:00.5 UTC),
@@ -105,6 +111,7 @@ mod tests {
                 trigger: Trigger::Cli,
                 error: Some("worker not healthy within 15s:\n  last output".into()),
                 downtime_ms: Some(17_250),
+                reason: None,
             },
             HistoryEntry {
                 at: datetime!(2026-11-22 07:20:00 UTC),
@@ -115,15 +122,16 @@ mod tests {
                 trigger: Trigger::Cli,
                 error: None,
                 downtime_ms: None,
+                reason: Some("bios update".into()),
             },
         ];
         assert_eq!(
             render(&entries),
             "\
-AT                    KIND    FROM → TO                    OUTCOME      TRIGGER  DOWNTIME  ERROR
+AT                    KIND    FROM → TO                    OUTCOME      TRIGGER  DOWNTIME  DETAIL
 2026-11-22T07:00:00Z  update  - → aaaaaaaaaaaa             success      startup  0ms       -
 2026-11-22T07:10:00Z  update  aaaaaaaaaaaa → bbbbbbbbbbbb  rolled_back  cli      17.2s     worker not healthy within 15s: last output
-2026-11-22T07:20:00Z  drain   - → -                        success      cli      -         -
+2026-11-22T07:20:00Z  drain   - → -                        success      cli      -         reason: bios update
 "
         );
         assert_eq!(render(&[]), "no history yet");

@@ -28,7 +28,7 @@ pub struct Args {
 
 pub async fn run(args: Args, client: &Client, out: Output) -> Result<Exit, CliError> {
     let reply = client
-        .showing_progress(out, "the pinned digest", client.pin(&args.reference))
+        .showing_progress(out, "the pin", client.pin(&args.reference))
         .await?;
     let ok = matches!(reply.value.outcome.as_str(), "updated" | "up_to_date");
     out.answer(&reply, ok, |r| line(r, &args.reference));

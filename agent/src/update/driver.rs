@@ -326,7 +326,15 @@ impl<E: Engine> Updater<E> {
     }
 
     /// A history entry for an operator's action on the worker as it is.
-    fn record_action(&self, kind: Kind, outcome: Outcome, trigger: Trigger, error: Option<String>) {
+    /// A drain entry carries the drain's reason.
+    fn record_action(
+        &self,
+        kind: Kind,
+        outcome: Outcome,
+        trigger: Trigger,
+        error: Option<String>,
+        reason: Option<String>,
+    ) {
         self.record(HistoryEntry {
             at: OffsetDateTime::now_utc(),
             kind,
@@ -336,6 +344,7 @@ impl<E: Engine> Updater<E> {
             trigger,
             error,
             downtime_ms: None,
+            reason,
         });
     }
 
@@ -403,10 +412,16 @@ impl<E: Engine> Updater<E> {
                     }
                 }
                 self.state.drained = false;
-                self.state.drain_reason = None;
+                let why = self.state.drain_reason.take();
                 self.state.drained_at = None;
                 self.save()?;
-                self.record_action(Kind::Drain, Outcome::Aborted, trigger, Some(reason.clone()));
+                self.record_action(
+                    Kind::Drain,
+                    Outcome::Aborted,
+                    trigger,
+                    Some(reason.clone()),
+                    why,
+                );
                 self.last_error = Some(reason.clone());
                 self.set_phase(Phase::Idle);
                 return Ok(CheckOutcome::Aborted(reason));
@@ -423,6 +438,7 @@ impl<E: Engine> Updater<E> {
             Kind::Drain,
             Outcome::Success,
             trigger,
+            None,
             self.state.drain_reason.clone(),
         );
         self.set_phase(Phase::Drained);
@@ -466,7 +482,7 @@ impl<E: Engine> Updater<E> {
         };
         match verified {
             Ok(()) => {
-                self.record_action(Kind::Undrain, Outcome::Success, Trigger::Cli, None);
+                self.record_action(Kind::Undrain, Outcome::Success, Trigger::Cli, None, None);
                 self.last_error = None;
                 self.set_phase(Phase::Idle);
                 Ok(CheckOutcome::Undrained)
@@ -479,6 +495,7 @@ impl<E: Engine> Updater<E> {
                     Outcome::Failed,
                     Trigger::Cli,
                     Some(msg.clone()),
+                    None,
                 );
                 self.last_error = Some(msg.clone());
                 self.set_phase(Phase::Failed);
@@ -534,6 +551,7 @@ impl<E: Engine> Updater<E> {
                 trigger: Trigger::Cli,
                 error: None,
                 downtime_ms: None,
+                reason: None,
             });
             return Ok(CheckOutcome::UpToDate);
         }
@@ -560,6 +578,7 @@ impl<E: Engine> Updater<E> {
                 trigger: Trigger::Cli,
                 error: None,
                 downtime_ms: None,
+                reason: None,
             });
         }
         Ok(CheckOutcome::Unpinned)
@@ -608,6 +627,7 @@ impl<E: Engine> Updater<E> {
                 trigger: p.trigger,
                 error,
                 downtime_ms,
+                reason: None,
             },
             Some(p.started_at),
         );

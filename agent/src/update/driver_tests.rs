@@ -894,7 +894,7 @@ async fn a_maintenance_drain_stops_the_worker_for_good_and_holds_updates() {
     assert!(s.drained_at.is_some());
     let e = h.last();
     assert_eq!(
-        (e.kind, e.outcome, e.from.as_deref(), e.error.as_deref()),
+        (e.kind, e.outcome, e.from.as_deref(), e.reason.as_deref()),
         (
             Kind::Drain,
             Outcome::Success,

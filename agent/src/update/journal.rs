@@ -185,6 +185,9 @@ pub struct HistoryEntry {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub downtime_ms: Option<u64>,
+    /// The operator's reason (a maintenance drain's `--reason`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -376,6 +379,7 @@ mod tests {
             trigger: Trigger::Poll,
             error: None,
             downtime_ms: Some(12),
+            reason: None,
         }
     }
 
