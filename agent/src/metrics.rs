@@ -9,14 +9,14 @@
 //! | metric | type | labels |
 //! | --- | --- | --- |
 //! | `gpu_agent_update_total` | counter | `kind` (update, rollback, pin, drain, ...), `outcome` |
-//! | `gpu_agent_update_duration_seconds` | histogram | from the start of an update to its end |
+//! | `gpu_agent_update_duration_seconds` | histogram | `kind`: from the start of an update, rollback or pin to its end |
 //! | `gpu_agent_update_downtime_seconds` | histogram | old worker stopped → new worker healthy |
 //! | `gpu_agent_update_phase` | gauge | `phase`: 1 for the phase the agent is in, 0 for the others |
 //! | `gpu_agent_update_bad_digests` | gauge | digests marked bad |
 //! | `gpu_agent_worker_digest_info` | gauge | `digest`, `last_good`: 1 |
 //! | `gpu_agent_worker_drained` | gauge | 1 while drained for maintenance |
 //! | `gpu_agent_worker_pinned` | gauge | 1 while pinned |
-//! | `gpu_agent_registry_last_check_timestamp_seconds` | gauge | Unix time of the last check |
+//! | `gpu_agent_registry_last_check_timestamp_seconds` | gauge | Unix time of the last check (0 before the first) |
 //! | `gpu_agent_registry_requests_total` | counter | `status` (HTTP status, or `error` without an answer) |
 
 use std::net::SocketAddr;
@@ -58,7 +58,7 @@ const PHASES: [Phase; 9] = [
 pub struct Metrics {
     registry: Registry,
     updates: Family<Labels, Counter>,
-    duration: Histogram,
+    duration: Family<Labels, Histogram, fn() -> Histogram>,
     downtime: Histogram,
     phase: Family<Labels, Gauge>,
     bad: Gauge,
@@ -67,6 +67,13 @@ pub struct Metrics {
     pinned: Gauge,
     last_check: Gauge<f64, AtomicU64>,
     registry_requests: Family<Labels, Counter>,
+    /// One scrape at a time sets the view gauges and encodes them.
+    scrape: std::sync::Mutex<()>,
+}
+
+/// 1 s .. ~4.5 h
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 15))
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -90,8 +97,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("gpu_agent");
         let m = Metrics {
             updates: Family::default(),
-            // 1 s .. ~4.5 h
-            duration: Histogram::new(exponential_buckets(1.0, 2.0, 15)),
+            duration: Family::new_with_constructor(duration_histogram),
             // 50 ms .. ~27 min
             downtime: Histogram::new(exponential_buckets(0.05, 2.0, 16)),
             phase: Family::default(),
@@ -102,6 +108,7 @@ impl Metrics {
             last_check: Gauge::default(),
             registry_requests: Family::default(),
             registry: Registry::default(),
+            scrape: std::sync::Mutex::new(()),
         };
         registry.register(
             "update",
@@ -110,7 +117,7 @@ impl Metrics {
         );
         registry.register(
             "update_duration_seconds",
-            "Time from the start of an update (pre-pull) to its end",
+            "Time from the start of an update, rollback or pin (pre-pull) to its end, by kind",
             m.duration.clone(),
         );
         registry.register(
@@ -165,7 +172,9 @@ impl Metrics {
             ])
             .inc();
         if let Some(t0) = started {
-            self.duration.observe((e.at - t0).as_seconds_f64().max(0.0));
+            self.duration
+                .get_or_create(&vec![("kind", label(&e.kind))])
+                .observe((e.at - t0).as_seconds_f64().max(0.0));
         }
         if let Some(ms) = e.downtime_ms {
             self.downtime.observe(ms as f64 / 1000.0);
@@ -174,6 +183,7 @@ impl Metrics {
 
     /// The OpenMetrics text, with the gauges set from `view`.
     pub fn render(&self, view: &View) -> String {
+        let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
         for p in PHASES {
             self.phase
                 .get_or_create(&vec![("phase", p.as_str().to_string())])
@@ -277,7 +287,7 @@ mod tests {
             "gpu_agent_worker_drained 1",
             "gpu_agent_worker_pinned 0",
             "gpu_agent_update_downtime_seconds_count 1",
-            "gpu_agent_update_duration_seconds_sum 12.0",
+            "gpu_agent_update_duration_seconds_sum{kind=\"update\"} 12.0",
         ] {
             assert!(text.contains(line), "{line:?} not in\n{text}");
         }

@@ -71,10 +71,9 @@ pub fn line(r: &ActionResult) -> String {
         "drained" => {
             "drained: the worker is stopped; updates are held until agentctl undrain".into()
         }
-        "aborted" => format!(
-            "drain aborted: the worker keeps serving and gets jobs again{}",
-            because(r)
-        ),
+        // The error says what became of the worker (it keeps serving, or
+        // the drain resumes when the agent starts again).
+        "aborted" => format!("drain aborted{}", because(r)),
         "failed" => format!("drain failed{}", because(r)),
         _ => action_line(r),
     }
@@ -109,7 +108,7 @@ mod tests {
         assert!(line(&r("started", None)).starts_with("drain started: "));
         assert_eq!(
             line(&r("aborted", Some("3 jobs still in flight after 10m"))),
-            "drain aborted: the worker keeps serving and gets jobs again: 3 jobs still in flight after 10m"
+            "drain aborted: 3 jobs still in flight after 10m"
         );
         assert_eq!(
             line(&r("failed", Some("docker stop: timeout"))),

@@ -299,6 +299,10 @@ pub fn action_line(r: &ActionResult) -> String {
             "aborted: the update to {digest} stopped before the swap; the old worker keeps serving{why}"
         ),
         "failed" => format!("failed: the update to {digest} did not complete{why}"),
+        "suspended" => format!(
+            "suspended: the agent stopped before {digest} was verified; it runs, and the \
+             verification resumes when the agent starts again"
+        ),
         other => format!("{other}: {digest}{why}"),
     }
 }

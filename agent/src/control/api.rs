@@ -151,7 +151,9 @@ pub struct UpdateRequest {
 pub struct ActionResult {
     /// `started` (check or drain without wait), `up_to_date`, `updated`,
     /// `skipped_bad`, `held`, `drained`, `undrained`, `unpinned` (done);
-    /// `rolled_back`, `aborted`, `failed` (not done: `error` says why).
+    /// `rolled_back`, `aborted`, `failed`, `suspended` (the agent stopped
+    /// with the new worker running but not yet verified; the next start
+    /// finishes it) (not done: `error` says why).
     pub outcome: String,
     pub digest: Option<String>,
     pub error: Option<String>,

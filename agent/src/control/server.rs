@@ -33,6 +33,10 @@ use crate::update::{Journal, Phase, View};
 const QUEUED: &str =
     "another agentctl action was accepted and has not ended yet; try again when it ends";
 
+/// How long an undrain waits for the drain it cancels to end (a drain probe
+/// times out after 5 s; the stop after a finished wait takes `stop_timeout`).
+const UNDRAIN_WAIT: Duration = Duration::from_secs(60);
+
 /// The group allowed to use the socket besides root.
 const SOCKET_GROUP: &str = "gpu-agent";
 
@@ -305,6 +309,9 @@ fn refusal(action: &Action, v: &View) -> Option<String> {
                     .to_string()
             })
         }),
+        Action::Drain { .. } if st.drained && !st.drain_complete => Some(
+            "a maintenance drain is already in progress; agentctl status shows when it ends".into(),
+        ),
         Action::Drain { .. } if st.drained => Some(format!(
             "the worker is already drained{}{}; `agentctl undrain` ends it",
             st.drained_at
@@ -436,33 +443,59 @@ async fn undrain(State(s): State<ControlState>, bytes: Bytes) -> Response {
         return error(StatusCode::BAD_REQUEST, why);
     }
     let in_progress = |v: &View| v.state.drained && !v.state.drain_complete;
-    if in_progress(&s.view.borrow()) {
+    let drain_running = |v: &View| in_progress(v) && v.phase == Phase::Draining;
+    if drain_running(&s.view.borrow()) {
         // The drain still waits for in-flight jobs: end the wait (the worker
         // never stopped, and gets its jobs back), and see how it ended.
         s.drain_cancel.store(true, Ordering::SeqCst);
         info!("agentctl undrain: cancelling the maintenance drain in progress");
         let mut view = s.view.clone();
-        let ended = view.wait_for(|v| !in_progress(v)).await.map(|v| v.clone());
+        let ended = tokio::time::timeout(
+            UNDRAIN_WAIT,
+            view.wait_for(|v| !in_progress(v) && v.phase != Phase::Draining),
+        )
+        .await;
         match ended {
-            Ok(v) if !v.state.drained => {
+            Ok(Ok(v)) if !v.state.drained => {
+                let digest = v.state.current_digest.clone();
                 return Json(ActionResult {
                     outcome: "undrained".into(),
-                    digest: v.state.current_digest.clone(),
+                    digest,
                     error: None,
                 })
                 .into_response();
             }
-            // The drain had stopped the worker already: undrain as usual.
-            Ok(_) => {}
-            Err(_) => {
+            // The drain had stopped the worker already: undrain as usual,
+            // once the drain job has given back the ticket.
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => {
                 return error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "the agent is shutting down".into(),
                 )
             }
+            Err(_) => {
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!(
+                        "the drain did not end within {} s of the cancel; agentctl status shows where it is",
+                        UNDRAIN_WAIT.as_secs()
+                    ),
+                )
+            }
         }
     }
-    run(&s, Action::Undrain).await
+    // A drain job that just ended may still hold the ticket for a moment.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match submit(&s, Action::Undrain).await {
+            Ok(rx) => return answer(rx).await,
+            Err(_) if s.busy.load(Ordering::SeqCst) && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(resp) => return resp,
+        }
+    }
 }
 
 async fn rollback(State(s): State<ControlState>, bytes: Bytes) -> Response {

@@ -132,10 +132,12 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
     loop {
         // Everything the loop reacts to arrives as one Event; each is handled
         // to its end before the next is taken.
+        // Biased: a stop goes before anything else that is ready.
         let event = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => Event::Stop,
             _ = tokio::time::sleep_until(deadline) => Event::Tick,
             _ = watchdog.due() => Event::Watchdog,
-            _ = shutdown.cancelled() => Event::Stop,
             _ = hup.recv() => Event::Reload,
             Some(job) = jobs.recv() => Event::Job(job),
         };
@@ -284,13 +286,13 @@ fn action_result(r: Result<CheckOutcome, UpdateError>, current: Option<String>) 
         Ok(CheckOutcome::RolledBack { target, error }) => {
             ("rolled_back", Some(target), Some(error))
         }
-        Ok(CheckOutcome::Aborted(why)) => ("aborted", current, Some(why)),
-        Ok(CheckOutcome::Failed(why)) => ("failed", current, Some(why)),
+        Ok(CheckOutcome::Aborted(why)) => ("aborted", None, Some(why)),
+        Ok(CheckOutcome::Failed(why)) => ("failed", None, Some(why)),
         Ok(CheckOutcome::Drained) => ("drained", current, None),
         Ok(CheckOutcome::Undrained) => ("undrained", current, None),
         Ok(CheckOutcome::Unpinned) => ("unpinned", current, None),
-        Ok(CheckOutcome::Suspended(why)) => ("aborted", current, Some(why)),
-        Err(e) => ("failed", current, Some(crate::error_chain(&e))),
+        Ok(CheckOutcome::Suspended(why)) => ("suspended", None, Some(why)),
+        Err(e) => ("failed", None, Some(crate::error_chain(&e))),
     };
     ActionResult {
         outcome: outcome.to_string(),
@@ -307,9 +309,12 @@ async fn run_job<E: crate::docker::Engine>(updater: &mut Updater<E>, job: Job) {
         ticket,
     } = job;
     info!(action = ?action, "action asked for on the control socket");
-    // An update an error left midway is resumed before anything new starts.
-    if let Err(e) = updater.reconcile().await {
-        warn!(error = %crate::error_chain(&e), "could not reconcile the worker with the journal");
+    // An update an error left midway is resumed before anything new starts
+    // (not before an undrain: its reconcile would resume the drain it ends).
+    if action != Action::Undrain {
+        if let Err(e) = updater.reconcile().await {
+            warn!(error = %crate::error_chain(&e), "could not reconcile the worker with the journal");
+        }
     }
     let r = match action {
         Action::Check => updater.check(Trigger::Cli).await,
@@ -392,7 +397,8 @@ async fn connect_engine(
 /// SIGTERM or SIGINT: stop at the next safe point. A pull or a drain wait
 /// ends at once (the old worker keeps serving); a swap goes on to verify the
 /// new worker for at most `budget`, then `stop_now` leaves the verification to
-/// the journal. A second signal cancels `stop_now` at once.
+/// the journal. A second signal cancels `stop_now` at once (an engine call
+/// under way still ends first: a stop within `stop_timeout`).
 fn spawn_signal_handler(
     shutdown: CancellationToken,
     stop_now: CancellationToken,

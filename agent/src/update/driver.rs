@@ -300,15 +300,15 @@ impl<E: Engine> Updater<E> {
     }
 
     /// An operator deploys `digest` on purpose: its bad mark and strikes go.
+    /// Its mark goes with the commit (in the same write), so a deploy that
+    /// is aborted or fails for another reason leaves the mark in place.
     pub fn forgive(&mut self, digest: &str) -> Result<(), UpdateError> {
         self.strikes.remove(digest);
         if self.state.is_bad(digest) {
             info!(
                 digest,
-                "an operator deploys a digest marked bad: the mark is cleared"
+                "an operator deploys a digest marked bad: the mark goes once it is verified"
             );
-            self.state.bad_digests.retain(|b| b.digest != digest);
-            self.save()?;
         }
         Ok(())
     }
@@ -406,6 +406,12 @@ impl<E: Engine> Updater<E> {
                 }
                 let reason = format!("{reason}; the worker keeps serving and is not drained");
                 warn!(reason = %reason, "maintenance drain aborted");
+                // A drain a crash interrupted may have set it to `no` already.
+                for c in &running {
+                    self.engine
+                        .set_restart(&c.id, &self.worker.restart, self.worker.restart_max_retries)
+                        .await?;
+                }
                 if let Some(url) = self.worker.drain.http.clone() {
                     if let Err(e) = self.probe.drain_cancel(&url).await {
                         warn!(error = %e, "could not tell the worker to take jobs again (DELETE on the drain endpoint)");
@@ -529,16 +535,20 @@ impl<E: Engine> Updater<E> {
         } else {
             self.set_phase(Phase::Checking);
             let policy = crate::registry::Policy::Tag(reference.to_string());
-            let resolved = self
-                .registry
-                .resolve(&self.settings.image.name, &policy)
-                .await;
+            let resolved = tokio::select! {
+                r = self.registry.resolve(&self.settings.image.name, &policy) => r,
+                _ = self.shutdown.cancelled() => {
+                    self.set_phase(Phase::Idle);
+                    return Ok(CheckOutcome::Aborted("the agent is shutting down".into()));
+                }
+            };
             self.set_phase(Phase::Idle);
             resolved?.digest
         };
         self.forgive(&digest)?;
         self.ensure_running().await?;
         if self.state.current_digest.as_deref() == Some(digest.as_str()) {
+            self.state.bad_digests.retain(|b| b.digest != digest);
             self.state.pinned = Some(reference.to_string());
             self.state.pinned_digest = Some(digest.clone());
             self.save()?;
@@ -980,6 +990,12 @@ impl<E: Engine> Updater<E> {
             }
         }
         failpoint::hit("after-drain").await;
+        // Last moment to stop with the old worker untouched.
+        if self.shutdown.is_cancelled() {
+            let reason = "the agent is shutting down; the update will be tried again".to_string();
+            self.abort_prepared(&p, reason.clone()).await?;
+            return Ok(CheckOutcome::Aborted(reason));
+        }
 
         // 3. Swap, 4. verify, 5. commit or roll back.
         self.set_step(Step::Swapping)?;

@@ -131,17 +131,49 @@ impl State {
     }
 
     /// Rebuilds what the history knows after the state file was lost: the
-    /// good digests in order and the bad marks of rolled-back updates. The
-    /// current digest is left to the engine (the running worker is adopted).
+    /// good digests in order, the bad marks (of rolled-back updates and of
+    /// digests an operator rolled back from), the drain and the pin (a tag
+    /// pin comes back as a pin of the digest it named). The current digest is
+    /// left to the engine (the running worker is adopted).
     pub fn rebuild_from(&mut self, history: &[HistoryEntry]) {
-        for e in history.iter().filter(|e| e.kind == Kind::Update) {
-            let Some(to) = &e.to else { continue };
-            match e.outcome {
-                Outcome::Success => self.commit(to),
-                Outcome::RolledBack => {
+        for e in history {
+            let deploys = matches!(e.kind, Kind::Update | Kind::Rollback | Kind::Pin);
+            match (e.kind, e.outcome, &e.to) {
+                (_, Outcome::Success, Some(to)) if deploys => {
+                    self.commit(to);
+                    match (e.kind, &e.from) {
+                        (Kind::Rollback, Some(from)) if from != to => self.mark_bad(
+                            from,
+                            "rolled back by an operator (agentctl rollback)",
+                            e.at,
+                        ),
+                        (Kind::Pin, _) => {
+                            self.pinned = Some(to.clone());
+                            self.pinned_digest = Some(to.clone());
+                        }
+                        _ => {}
+                    }
+                }
+                (_, Outcome::RolledBack, Some(to)) if deploys => {
                     self.mark_bad(to, e.error.as_deref().unwrap_or("rolled back"), e.at)
                 }
-                Outcome::Failed | Outcome::Aborted => {}
+                (Kind::Unpin, Outcome::Success, _) => {
+                    self.pinned = None;
+                    self.pinned_digest = None;
+                }
+                (Kind::Drain, Outcome::Success, _) => {
+                    self.drained = true;
+                    self.drain_complete = true;
+                    self.drain_reason = e.reason.clone();
+                    self.drained_at = Some(e.at);
+                }
+                (Kind::Undrain, _, _) => {
+                    self.drained = false;
+                    self.drain_complete = false;
+                    self.drain_reason = None;
+                    self.drained_at = None;
+                }
+                _ => {}
             }
         }
         self.current_digest = None;
@@ -434,6 +466,41 @@ mod tests {
         assert_eq!(s.previous_good, vec!["sha256:a".to_string()]);
         assert!(s.is_bad("sha256:b") && !s.is_bad("sha256:d"));
         assert_eq!(s.current_digest, None);
+    }
+
+    #[test]
+    fn a_rebuild_keeps_operator_rollbacks_drains_and_pins() {
+        let e = |kind, from: Option<&str>, to: Option<&str>| HistoryEntry {
+            kind,
+            from: from.map(str::to_string),
+            to: to.map(str::to_string),
+            ..entry(Outcome::Success)
+        };
+        let mut h = vec![
+            e(Kind::Update, None, Some("sha256:a")),
+            e(Kind::Update, Some("sha256:a"), Some("sha256:b")),
+            e(Kind::Rollback, Some("sha256:b"), Some("sha256:a")),
+            e(Kind::Pin, Some("sha256:a"), Some("sha256:c")),
+            e(Kind::Drain, Some("sha256:c"), None),
+        ];
+        h[4].reason = Some("bios".into());
+        let mut s = State::default();
+        s.rebuild_from(&h);
+        assert_eq!(s.last_good_digest.as_deref(), Some("sha256:c"));
+        assert!(
+            s.is_bad("sha256:b"),
+            "the digest rolled back from stays bad"
+        );
+        assert!(!s.previous_good.contains(&"sha256:b".to_string()));
+        assert_eq!(s.pinned_digest.as_deref(), Some("sha256:c"));
+        assert!(s.drained && s.drain_complete);
+        assert_eq!(s.drain_reason.as_deref(), Some("bios"));
+
+        h.push(e(Kind::Undrain, Some("sha256:c"), None));
+        h.push(e(Kind::Unpin, Some("sha256:c"), None));
+        let mut s = State::default();
+        s.rebuild_from(&h);
+        assert!(!s.drained && s.pinned.is_none() && s.pinned_digest.is_none());
     }
 
     #[test]
