@@ -124,7 +124,19 @@ async fn status_shows_every_spec_field_after_the_first_deploy() {
     let s = Setup::new("ctlstatus");
     let (_agent, v1) = deployed(&s, &s.env(""), "").await;
 
-    let r = ctl(&s, &["status", "--json"]).await;
+    // The history line comes before the loop plans its next check.
+    let r = wait_for(WAIT, || async {
+        let r = ctl(&s, &["status", "--json"]).await;
+        let st = r.json();
+        (st["phase"] == "idle"
+            && st["next_check"]
+                .as_str()
+                .zip(st["last_check"].as_str())
+                .is_some_and(|(n, l)| n > l))
+        .then_some(r)
+    })
+    .await
+    .expect("status with the next check planned");
     r.expect(0);
     let st = r.json();
     for f in STATUS_FIELDS {

@@ -160,7 +160,6 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
             }
             Event::Job(job) => watchdog.alive(run_job(&mut updater, job)).await,
             Event::Tick => {
-                updater.set_next_check(None);
                 // Resume an update an error left midway, else make sure the worker runs.
                 if let Err(e) = watchdog.alive(updater.reconcile()).await {
                     warn!(error = %crate::error_chain(&e), "could not reconcile the worker with the journal");
