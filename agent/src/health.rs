@@ -63,15 +63,8 @@ impl<E: Engine> Checker<E> {
         let w = &settings.worker;
         let drained = view.state.drained;
         let mut h = WorkerHealth {
-            verdict: "healthy".into(),
             container: Some(w.name.clone()),
-            state: None,
-            digest: None,
-            restart_count: None,
-            healthcheck: None,
-            http: None,
-            in_flight: None,
-            problem: None,
+            ..WorkerHealth::new("healthy")
         };
         let c = match self.engine.inspect(&w.name).await {
             Ok(Some(c)) => c,

@@ -7,7 +7,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -25,55 +25,6 @@ const STATUS_FIELDS: [&str; 10] = [
     "next_check",
     "last_error",
 ];
-
-/// What one agentctl run did.
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("agentctl printed no JSON ({e}): {self:#?}"))
-    }
-
-    #[track_caller]
-    fn expect(&self, code: i32) -> &Run {
-        assert_eq!(self.code, code, "agentctl exit code: {self:#?}");
-        self
-    }
-}
-
-/// Runs agentctl with `args` (no `--socket`: pass it, or use [`ctl`]).
-async fn agentctl(args: &[&str], env: &[(&str, &str)]) -> Run {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_agentctl"))
-        .args(args)
-        .env_remove("GPU_AGENT_SOCKET")
-        .envs(env.iter().copied())
-        .output()
-        .await
-        .expect("running agentctl");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-/// Runs agentctl against the test's agent.
-async fn ctl(s: &Setup, args: &[&str]) -> Run {
-    let sock = socket(s);
-    let mut all = vec!["--socket", sock.to_str().unwrap()];
-    all.extend_from_slice(args);
-    agentctl(&all, &[]).await
-}
-
-fn socket(s: &Setup) -> PathBuf {
-    s.dir.path().join("agent.sock")
-}
 
 /// The test's config with a one-hour poll interval: only agentctl (and the
 /// check at start) finds new digests.

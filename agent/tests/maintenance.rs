@@ -6,52 +6,10 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("agentctl printed no JSON ({e}): {self:#?}"))
-    }
-
-    #[track_caller]
-    fn expect(&self, code: i32) -> &Run {
-        assert_eq!(self.code, code, "agentctl exit code: {self:#?}");
-        self
-    }
-}
-
-fn socket(s: &Setup) -> PathBuf {
-    s.dir.path().join("agent.sock")
-}
-
-async fn ctl(s: &Setup, args: &[&str]) -> Run {
-    let sock = socket(s);
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_agentctl"))
-        .arg("--socket")
-        .arg(&sock)
-        .args(args)
-        .env_remove("GPU_AGENT_SOCKET")
-        .output()
-        .await
-        .expect("running agentctl");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
 
 /// An hourly poll: only agentctl (and the check at start) moves the worker.
 fn hourly(config: String) -> String {

@@ -156,17 +156,7 @@ hub:            not_configured: no [hub] in the config
     fn a_drained_worker_with_nothing_to_probe() {
         let mut h = health();
         h.verdict = "drained".into();
-        h.worker = WorkerHealth {
-            verdict: "drained".into(),
-            container: None,
-            state: None,
-            digest: None,
-            restart_count: None,
-            healthcheck: None,
-            http: None,
-            in_flight: None,
-            problem: None,
-        };
+        h.worker = WorkerHealth::new("drained");
         h.gpu.data = serde_json::Value::Null;
         h.hub.detail = String::new();
         let text = render(&h);

@@ -112,6 +112,23 @@ pub struct WorkerHealth {
     pub problem: Option<String>,
 }
 
+impl WorkerHealth {
+    /// A verdict with nothing known yet.
+    pub fn new(verdict: &str) -> Self {
+        WorkerHealth {
+            verdict: verdict.into(),
+            container: None,
+            state: None,
+            digest: None,
+            restart_count: None,
+            healthcheck: None,
+            http: None,
+            in_flight: None,
+            problem: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Probe {
     pub url: String,

@@ -531,3 +531,54 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+// ---- agentctl as an operator runs it ----
+
+/// What one agentctl run did.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("agentctl printed no JSON ({e}): {self:#?}"))
+    }
+
+    #[track_caller]
+    pub fn expect(&self, code: i32) -> &Run {
+        assert_eq!(self.code, code, "agentctl exit code: {self:#?}");
+        self
+    }
+}
+
+/// Runs agentctl with `args` (no `--socket`: pass it, or use [`ctl`]).
+pub async fn agentctl(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_agentctl"))
+        .args(args)
+        .env_remove("GPU_AGENT_SOCKET")
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .expect("running agentctl");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs agentctl against the test's agent.
+pub async fn ctl(s: &Setup, args: &[&str]) -> Run {
+    let sock = socket(s);
+    let mut all = vec!["--socket", sock.to_str().unwrap()];
+    all.extend_from_slice(args);
+    agentctl(&all, &[]).await
+}
+
+pub fn socket(s: &Setup) -> PathBuf {
+    s.dir.path().join("agent.sock")
+}
