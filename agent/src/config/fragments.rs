@@ -61,6 +61,7 @@ pub struct WorkerFragment {
     pub shm_size: Option<ByteSize>,
     pub restart: Option<String>,
     pub gpus: Option<GpusFragment>,
+    pub gpus_via: Option<String>,
     pub stop_timeout: Option<DurationStr>,
     pub health: Option<HealthFragment>,
     pub drain: Option<DrainFragment>,
@@ -97,6 +98,7 @@ pub struct GpuFragment {
     pub check: Option<bool>,
     pub expected_count: Option<u32>,
     pub max_temperature_c: Option<u32>,
+    pub drain_on_fault: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

@@ -57,6 +57,14 @@ pub enum Gpus {
     Uuids(Vec<String>),
 }
 
+/// How the GPUs reach the worker: the NVIDIA device driver of the engine
+/// (`docker run --gpus`), or CDI device names (`nvidia.com/gpu=…`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GpusVia {
+    Docker,
+    Cdi,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortMapping {
     pub host_ip: Option<String>,
@@ -88,6 +96,7 @@ pub struct WorkerSettings {
     pub restart: String,
     pub restart_max_retries: Option<u32>,
     pub gpus: Gpus,
+    pub gpus_via: GpusVia,
     pub stop_timeout: Duration,
     pub health: HealthSettings,
     pub drain: DrainSettings,
@@ -112,6 +121,8 @@ pub struct GpuSettings {
     pub check: bool,
     pub expected_count: Option<u32>,
     pub max_temperature_c: u32,
+    /// Drain the worker when a hardware-class XID shows a GPU fault.
+    pub drain_on_fault: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -316,6 +327,16 @@ pub(super) fn validate(f: Fragment, o: &Origin) -> Result<Settings, ConfigError>
             Gpus::Uuids(l)
         }
     };
+    let gpus_via = match w.gpus_via.as_deref() {
+        None | Some("docker") => GpusVia::Docker,
+        Some("cdi") => GpusVia::Cdi,
+        Some(other) => {
+            return Err(o.invalid(
+                "worker.gpus_via",
+                format!("{other:?}: use \"docker\" (the NVIDIA device driver, like docker run --gpus) or \"cdi\" (CDI devices nvidia.com/gpu=…)"),
+            ))
+        }
+    };
     let stop_timeout = w.stop_timeout.map_or(Duration::from_secs(30), |d| d.0);
     let h = w.health.unwrap_or_default();
     let health = HealthSettings {
@@ -358,6 +379,7 @@ pub(super) fn validate(f: Fragment, o: &Origin) -> Result<Settings, ConfigError>
         restart,
         restart_max_retries,
         gpus,
+        gpus_via,
         stop_timeout,
         health,
         drain,
@@ -368,6 +390,7 @@ pub(super) fn validate(f: Fragment, o: &Origin) -> Result<Settings, ConfigError>
         check: g.check.unwrap_or(worker.gpus != Gpus::None),
         expected_count: g.expected_count,
         max_temperature_c: g.max_temperature_c.unwrap_or(90),
+        drain_on_fault: g.drain_on_fault.unwrap_or(true),
     };
 
     let hub = match f.hub {

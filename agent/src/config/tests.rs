@@ -120,6 +120,9 @@ fn defaults() {
     assert_eq!(s.worker.health.stable_for, Duration::from_secs(10));
     assert_eq!(s.image.poll_jitter, Duration::from_secs(30));
     assert!(s.gpu.check);
+    assert!(s.gpu.drain_on_fault);
+    assert_eq!(s.worker.gpus_via, GpusVia::Docker);
+    assert_eq!(s.agent.stop_budget, Duration::from_secs(60));
     assert!(s.hub.is_none());
 }
 
@@ -142,6 +145,15 @@ fn gpus_forms() {
         .to_string()
         .contains("worker.gpus"));
     assert!(with("[]").is_err());
+    let via = |v: &str| {
+        load(&[(
+            "/a.toml",
+            &format!("{MINIMAL}\n[worker]\ngpus_via = \"{v}\"\n"),
+        )])
+    };
+    assert_eq!(via("cdi").unwrap().worker.gpus_via, GpusVia::Cdi);
+    let e = via("nvidia").unwrap_err().to_string();
+    assert!(e.contains("worker.gpus_via") && e.contains("cdi"), "{e}");
 }
 
 #[test]

@@ -11,7 +11,7 @@ use bollard::models::{
 };
 
 use super::{LABEL_AGENT, LABEL_DIGEST, LABEL_MANAGED};
-use crate::config::{Gpus, WorkerSettings};
+use crate::config::{Gpus, GpusVia, WorkerSettings};
 
 /// Everything needed to create one worker container.
 #[derive(Debug, Clone)]
@@ -56,7 +56,10 @@ impl WorkerSpec {
             network_mode: Some(w.network.clone()),
             shm_size: w.shm_size.map(|s| s as i64),
             restart_policy: Some(restart_policy(&w.restart, w.restart_max_retries)),
-            device_requests: device_requests(&w.gpus),
+            device_requests: match w.gpus_via {
+                GpusVia::Docker => device_requests(&w.gpus),
+                GpusVia::Cdi => cdi_device_requests(&w.gpus),
+            },
             ..Default::default()
         };
         ContainerCreateBody {
@@ -112,6 +115,28 @@ pub fn device_requests(gpus: &Gpus) -> Option<Vec<DeviceRequest>> {
     }
 }
 
+/// `gpus` as CDI devices, as `docker run --device nvidia.com/gpu=…` sends
+/// them: one request with driver `cdi` and the fully qualified names (a
+/// count names the first N GPUs by index).
+pub fn cdi_device_requests(gpus: &Gpus) -> Option<Vec<DeviceRequest>> {
+    let names: Vec<String> = match gpus {
+        Gpus::None => return None,
+        Gpus::All => vec!["all".into()],
+        Gpus::Count(n) => (0..*n).map(|i| i.to_string()).collect(),
+        Gpus::Uuids(ids) => ids.clone(),
+    };
+    Some(vec![DeviceRequest {
+        driver: Some("cdi".into()),
+        device_ids: Some(
+            names
+                .iter()
+                .map(|n| format!("nvidia.com/gpu={n}"))
+                .collect(),
+        ),
+        ..Default::default()
+    }])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,6 +171,31 @@ mod tests {
         assert_eq!(ids[0]["DeviceIDs"], serde_json::json!(["GPU-a", "GPU-b"]));
         assert_eq!(ids[0]["Capabilities"], serde_json::json!([["gpu"]]));
         assert!(device_requests(&Gpus::None).is_none());
+    }
+
+    #[test]
+    fn gpus_as_cdi_devices() {
+        let all = serde_json::to_value(cdi_device_requests(&Gpus::All)).unwrap();
+        assert_eq!(
+            all,
+            serde_json::json!([{"Driver": "cdi", "DeviceIDs": ["nvidia.com/gpu=all"]}])
+        );
+        let two = serde_json::to_value(cdi_device_requests(&Gpus::Count(2))).unwrap();
+        assert_eq!(
+            two[0]["DeviceIDs"],
+            serde_json::json!(["nvidia.com/gpu=0", "nvidia.com/gpu=1"])
+        );
+        let ids =
+            serde_json::to_value(cdi_device_requests(&Gpus::Uuids(vec!["GPU-a".into()]))).unwrap();
+        assert_eq!(
+            ids[0]["DeviceIDs"],
+            serde_json::json!(["nvidia.com/gpu=GPU-a"])
+        );
+        assert!(cdi_device_requests(&Gpus::None).is_none());
+        let b =
+            serde_json::to_value(spec("[worker]\ngpus = 1\ngpus_via = \"cdi\"\n").create_body())
+                .unwrap();
+        assert_eq!(b["HostConfig"]["DeviceRequests"][0]["Driver"], "cdi");
     }
 
     #[test]
