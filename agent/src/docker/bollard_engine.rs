@@ -96,6 +96,21 @@ impl BollardEngine {
     }
 }
 
+/// A start the engine refused because it cannot serve the GPU device
+/// requests becomes [`EngineError::GpuUnavailable`], with what to do.
+fn gpu_unavailable(e: EngineError) -> EngineError {
+    match e {
+        EngineError::Call {
+            target, message, ..
+        } if message.contains("could not select device driver")
+            || message.contains("unresolvable CDI devices") =>
+        {
+            EngineError::GpuUnavailable { target, message }
+        }
+        e => e,
+    }
+}
+
 fn to_container(r: bollard::models::ContainerInspectResponse) -> Container {
     let state = r.state.unwrap_or_default();
     let labels = r
@@ -272,7 +287,7 @@ impl Engine for BollardEngine {
         self.docker
             .start_container(id, None)
             .await
-            .map_err(|e| self.err("start", id, e))
+            .map_err(|e| gpu_unavailable(self.err("start", id, e)))
     }
 
     async fn stop(&self, id: &str, timeout: Duration) -> Result<(), EngineError> {

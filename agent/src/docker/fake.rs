@@ -176,6 +176,10 @@ fn copy(e: &EngineError) -> EngineError {
             target: target.clone(),
             secs: *secs,
         },
+        EngineError::GpuUnavailable { target, message } => EngineError::GpuUnavailable {
+            target: target.clone(),
+            message: message.clone(),
+        },
     }
 }
 

@@ -69,6 +69,11 @@ pub enum EngineError {
         message: String,
         status: Option<u16>,
     },
+    /// The engine cannot give the container its GPUs: no NVIDIA device
+    /// driver (the NVIDIA Container Toolkit's hook was not on dockerd's PATH
+    /// when it started) or no CDI spec for the devices asked for.
+    #[error("the docker engine cannot give {target} its GPUs ({message}): install the NVIDIA Container Toolkit and restart dockerd (with worker.gpus_via = \"cdi\": generate the CDI spec with `nvidia-ctk cdi generate`), or set worker.gpus = \"none\"; this says nothing about the image")]
+    GpuUnavailable { target: String, message: String },
     #[error("docker {op} {target}: timed out after {secs}s")]
     Timeout {
         op: &'static str,
@@ -87,6 +92,11 @@ impl EngineError {
                 ..
             }
         )
+    }
+
+    /// The engine cannot serve GPU requests (see [`EngineError::GpuUnavailable`]).
+    pub fn is_gpu_unavailable(&self) -> bool {
+        matches!(self, EngineError::GpuUnavailable { .. })
     }
 
     /// The engine could not be reached or did not answer in time: a fact about

@@ -136,7 +136,7 @@ impl Failure {
 
     fn from_error(e: &UpdateError) -> Self {
         let blame = match e {
-            UpdateError::Engine(e) if e.is_engine_down() => Blame::None,
+            UpdateError::Engine(e) if e.is_engine_down() || e.is_gpu_unavailable() => Blame::None,
             UpdateError::Registry(r) if r.is_transient() => Blame::None,
             UpdateError::Journal(_) => Blame::None,
             _ => Blame::Strike,
@@ -165,6 +165,11 @@ pub struct Updater<E: Engine> {
     shutdown: CancellationToken,
     /// Set by `agentctl undrain` to end a maintenance drain's wait.
     drain_cancel: Arc<AtomicBool>,
+    /// Why the engine could not give a worker its GPUs, last time it tried:
+    /// polls do not try again (a swap would stop the old worker for nothing,
+    /// poll after poll) until an operator asks (`agentctl check`/`update`),
+    /// the config is reloaded or the agent restarts.
+    gpu_unavailable: Option<String>,
     /// Cancelled when the stop budget after SIGTERM is spent: verification
     /// stops looking and leaves its step to the journal.
     stop_now: CancellationToken,
@@ -206,6 +211,7 @@ impl<E: Engine> Updater<E> {
             strikes: HashMap::new(),
             shutdown,
             drain_cancel: Arc::default(),
+            gpu_unavailable: None,
             stop_now: CancellationToken::new(),
         })
     }
@@ -213,6 +219,7 @@ impl<E: Engine> Updater<E> {
     /// Takes a reloaded config: the registry policy applies from the next
     /// check, the worker settings to the next container created.
     pub fn reload(&mut self, settings: Arc<Settings>, registry: RegistryClient) {
+        self.gpu_unavailable = None;
         self.worker = Arc::new(settings.worker.clone());
         self.settings = settings;
         self.registry = registry;
@@ -922,9 +929,29 @@ impl<E: Engine> Updater<E> {
     ) -> Result<CheckOutcome, UpdateError> {
         // The primary might have died since the last tick; make the starting point
         // sound (this also refuses a worker name held by a container not ours).
-        self.ensure_running().await?;
+        let running = self.ensure_running().await;
+        if let Err(UpdateError::Engine(e)) = &running {
+            if e.is_gpu_unavailable() {
+                self.gpu_unavailable = Some(e.to_string());
+            }
+        }
+        running?;
         if self.state.current_digest.as_deref() == Some(target) {
             return Ok(CheckOutcome::UpToDate);
+        }
+        // Pre-flight: an engine that could not give the last new worker its
+        // GPUs would only let the swap stop the old one again.
+        if trigger == Trigger::Cli {
+            self.gpu_unavailable = None;
+        }
+        if self.worker.gpus != crate::config::Gpus::None {
+            if let Some(why) = &self.gpu_unavailable {
+                let msg = format!(
+                    "updates from polls wait (agentctl check tries again once the engine is fixed): {why}"
+                );
+                self.last_error = Some(msg.clone());
+                return Ok(CheckOutcome::Failed(msg));
+            }
         }
         let p = Pending {
             from: self.state.current_digest.clone(),
@@ -1028,7 +1055,12 @@ impl<E: Engine> Updater<E> {
                 self.set_step(Step::Verifying)?;
                 self.verify_primary().await
             }
-            Err(e) => Err(Failure::from_error(&e)),
+            Err(e) => {
+                if matches!(&e, UpdateError::Engine(x) if x.is_gpu_unavailable()) {
+                    self.gpu_unavailable = Some(crate::error_chain(&e));
+                }
+                Err(Failure::from_error(&e))
+            }
         };
         match outcome {
             Ok(healthy_at) => {

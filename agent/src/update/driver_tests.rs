@@ -405,6 +405,39 @@ async fn a_new_worker_the_engine_will_not_start_counts_a_strike_only() {
 }
 
 #[tokio::test]
+async fn an_engine_without_gpu_support_is_one_clear_error_not_a_rollback_loop() {
+    // The settings ask for GPUs ("none" in the harness: override).
+    let (mut h, old) = Harness::serving(V1, &[V2], "[worker]\ngpus = \"all\"\n");
+    h.fake.fail_next(
+        "start",
+        EngineError::GpuUnavailable {
+            target: "t-w".into(),
+            message: "could not select device driver \"\" with capabilities: [[gpu]]".into(),
+        },
+    );
+    let out = h.up.update_to(V2, Trigger::Poll).await.unwrap();
+    let error = assert_rolled_back(&h, out, &old, false);
+    assert!(error.contains("NVIDIA Container Toolkit"), "{error}");
+    assert_eq!(h.up.strikes.get(V2), None, "the image is not blamed");
+    // The next polls do not stop the old worker again for nothing.
+    h.fake.clear_calls();
+    for _ in 0..3 {
+        let out = h.up.update_to(V2, Trigger::Poll).await.unwrap();
+        assert!(
+            matches!(&out, CheckOutcome::Failed(m) if m.contains("agentctl check")),
+            "{out:?}"
+        );
+    }
+    h.never(&["create".into(), "stop".into()]);
+    h.only_worker(V1);
+    // An operator asks again once the engine is fixed: it goes through.
+    assert_eq!(
+        h.up.update_to(V2, Trigger::Cli).await.unwrap(),
+        CheckOutcome::Updated(V2.into())
+    );
+}
+
+#[tokio::test]
 async fn an_old_worker_that_fails_after_the_rollback_leaves_the_agent_failed() {
     let (mut h, old) = Harness::serving(V1, &[V2], "");
     h.fake.on_start(V2, OnStart::Exits(3));
