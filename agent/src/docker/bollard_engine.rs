@@ -198,6 +198,15 @@ impl Engine for BollardEngine {
         }
     }
 
+    async fn image_env(&self, image_ref: &str) -> Result<Vec<String>, EngineError> {
+        let image = self
+            .docker
+            .inspect_image(image_ref)
+            .await
+            .map_err(|e| self.err("inspect image", image_ref, e))?;
+        Ok(image.config.and_then(|c| c.env).unwrap_or_default())
+    }
+
     async fn pull(
         &self,
         image_ref: &str,

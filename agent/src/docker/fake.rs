@@ -85,6 +85,7 @@ struct Inner {
     /// In creation order.
     containers: Vec<Entry>,
     images: BTreeSet<String>,
+    image_env: HashMap<String, Vec<String>>,
     on_start: HashMap<String, OnStart>,
     logs: HashMap<String, String>,
     rules: Vec<Rule>,
@@ -324,6 +325,14 @@ impl FakeEngine {
         self.lock().images.insert(image_ref.to_string());
     }
 
+    /// Sets the environment an image declares (`KEY=value`).
+    pub fn set_image_env(&self, image_ref: &str, env: &[&str]) {
+        self.lock().image_env.insert(
+            image_ref.to_string(),
+            env.iter().map(|e| e.to_string()).collect(),
+        );
+    }
+
     /// Takes the image away (someone else pruned it).
     pub fn remove_image(&self, image_ref: &str) {
         self.lock().images.remove(image_ref);
@@ -507,6 +516,14 @@ impl Engine for FakeEngine {
     async fn has_image(&self, image_ref: &str) -> Result<bool, EngineError> {
         let s = self.enter("has_image", format!("has_image {image_ref}"))?;
         Ok(s.images.contains(image_ref))
+    }
+
+    async fn image_env(&self, image_ref: &str) -> Result<Vec<String>, EngineError> {
+        let s = self.enter("image_env", format!("image_env {image_ref}"))?;
+        if !s.images.contains(image_ref) {
+            return Err(call_err("inspect image", image_ref, 404));
+        }
+        Ok(s.image_env.get(image_ref).cloned().unwrap_or_default())
     }
 
     async fn pull(

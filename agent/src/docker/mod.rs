@@ -141,6 +141,11 @@ pub trait Engine: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<Container>, EngineError>> + Send;
     /// Whether the image `repo@digest` is present locally.
     fn has_image(&self, image_ref: &str) -> impl Future<Output = Result<bool, EngineError>> + Send;
+    /// The environment the image sets (`KEY=value`), e.g. `NVIDIA_REQUIRE_CUDA`.
+    fn image_env(
+        &self,
+        image_ref: &str,
+    ) -> impl Future<Output = Result<Vec<String>, EngineError>> + Send;
     /// Pulls `repo@digest`.
     fn pull(
         &self,
