@@ -16,12 +16,14 @@
 mod assess;
 #[cfg(test)]
 pub mod fake;
+mod nvml;
 mod xid;
 
 use std::fmt;
 use std::str::FromStr;
 
 pub use assess::{assess, Assessment, Limits, Problem};
+pub use nvml::NvmlProbe;
 pub(crate) use xid::XidLog;
 pub use xid::{classify, XID_LOG_CAPACITY};
 
