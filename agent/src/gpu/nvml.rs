@@ -8,7 +8,8 @@
 //! Once NVML is up, a thread named `gpu-xid` registers every GPU for critical
 //! XID events in one event set and waits on it (1 s at a time, so that it
 //! notices [`NvmlProbe::stop`] or a drop), classifying each XID into the
-//! probe's [`XidLog`]. Errors there are logged and retried after a pause.
+//! probe's [`XidLog`]. Errors there are logged and retried after a pause
+//! (2 s, doubling while they go on, up to a minute).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -32,8 +33,10 @@ use super::{gpu_label, CudaVersion, GpuError, GpuProbe, GpuReading, Snapshot, Xi
 const DEFAULT_LIBRARY: &str = "libnvidia-ml.so.1";
 /// How long one wait for XID events lasts, so that a stop is seen within it.
 const WAIT_MS: u32 = 1000;
-/// The pause after an error in the XID watcher before it tries again.
+/// The pause after an error in the XID watcher before it tries again; it
+/// doubles with each error in a row, up to [`WATCH_ERROR_PAUSE_MAX`].
 const WATCH_ERROR_PAUSE: Duration = Duration::from_secs(2);
+const WATCH_ERROR_PAUSE_MAX: Duration = Duration::from_secs(60);
 /// How often the watcher looks again when no GPU reports XID events.
 const WATCH_RESCAN: Duration = Duration::from_secs(60);
 const MIB: u64 = 1024 * 1024;
@@ -395,8 +398,16 @@ fn pause(stop: &AtomicBool, d: Duration) {
     }
 }
 
+/// The pause after `errors` errors in a row (from 1).
+fn error_pause(errors: u32) -> Duration {
+    WATCH_ERROR_PAUSE
+        .saturating_mul(1 << errors.saturating_sub(1).min(16))
+        .min(WATCH_ERROR_PAUSE_MAX)
+}
+
 fn watch_xids(nvml: &Nvml, log: &XidLog, stop: &AtomicBool) {
     debug!("XID watcher started");
+    let mut errors = 0;
     while !stop.load(Ordering::SeqCst) {
         let set = match xid_event_set(nvml) {
             Ok(Some(set)) => set,
@@ -409,18 +420,25 @@ fn watch_xids(nvml: &Nvml, log: &XidLog, stop: &AtomicBool) {
                 continue;
             }
             Err((call, e)) => {
-                warn!(call, error = %e, pause_s = WATCH_ERROR_PAUSE.as_secs(), "cannot register for XID events; retrying");
-                pause(stop, WATCH_ERROR_PAUSE);
+                errors += 1;
+                let pause_s = error_pause(errors).as_secs();
+                warn!(call, error = %e, errors, pause_s, "cannot register for XID events; retrying");
+                pause(stop, error_pause(errors));
                 continue;
             }
         };
         while !stop.load(Ordering::SeqCst) {
             match set.wait(WAIT_MS) {
-                Ok(event) => record(log, event),
-                Err(NvmlError::Timeout) => {}
+                Ok(event) => {
+                    errors = 0;
+                    record(log, event);
+                }
+                Err(NvmlError::Timeout) => errors = 0,
                 Err(e) => {
-                    warn!(call = "nvmlEventSetWait_v2", error = %e, pause_s = WATCH_ERROR_PAUSE.as_secs(), "waiting for XID events failed; registering again");
-                    pause(stop, WATCH_ERROR_PAUSE);
+                    errors += 1;
+                    let pause_s = error_pause(errors).as_secs();
+                    warn!(call = "nvmlEventSetWait_v2", error = %e, errors, pause_s, "waiting for XID events failed; registering again");
+                    pause(stop, error_pause(errors));
                     break;
                 }
             }
@@ -508,4 +526,28 @@ fn record(log: &XidLog, event: EventData<'_>) {
         meaning = xid.meaning,
         "XID error"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watcher_error_pause_doubles_up_to_a_minute() {
+        let secs: Vec<u64> = (1..=8).map(|n| error_pause(n).as_secs()).collect();
+        assert_eq!(secs, [2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(error_pause(u32::MAX), WATCH_ERROR_PAUSE_MAX);
+    }
+
+    #[test]
+    fn a_probe_without_a_library_loads_nothing_until_used() {
+        let probe = NvmlProbe::with_library("/nonexistent/libnvidia-ml.so.1");
+        assert_eq!(probe.library(), "/nonexistent/libnvidia-ml.so.1");
+        assert_eq!(NvmlProbe::new().library(), "libnvidia-ml.so.1");
+        assert!(format!("{probe:?}").contains("not tried"));
+        let err = probe.snapshot().unwrap_err();
+        assert!(err.is_no_driver(), "{err}");
+        assert!(format!("{probe:?}").contains("failed: no NVIDIA driver"));
+        assert!(probe.xids_since(0).is_empty());
+    }
 }
