@@ -527,3 +527,38 @@ fn a_driver_installed_later_is_picked_up_after_the_retry_interval() {
     std::thread::sleep(Duration::from_millis(1100));
     assert_eq!(probe.snapshot().unwrap().gpus.len(), 2);
 }
+
+#[test]
+fn without_a_state_file_beside_it_the_fake_reads_fake_nvml_state() {
+    // The variable is process-wide, so the check runs in a child process: this
+    // test binary again, running only this test.
+    const CHILD: &str = "GPU_AGENT_TEST_FAKE_NVML_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        let dir = tempfile::tempdir().unwrap();
+        common::fake_nvml(dir.path());
+        let probe = NvmlProbe::with_library(dir.path().join("libnvidia-ml.so.1"));
+        let s = probe.snapshot().unwrap();
+        assert_eq!(s.gpus.len(), 3);
+        assert_eq!(s.gpus[2].uuid, "GPU-from-env");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::write(&state, "count=3\ngpu2.uuid=GPU-from-env\n").unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "without_a_state_file_beside_it_the_fake_reads_fake_nvml_state",
+        ])
+        .env(CHILD, "1")
+        .env("FAKE_NVML_STATE", &state)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("1 passed"), "{text}");
+}
