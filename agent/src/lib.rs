@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod docker;
+pub mod gpu;
 pub mod health;
 pub mod metrics;
 pub mod registry;

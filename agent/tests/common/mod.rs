@@ -582,3 +582,36 @@ pub async fn ctl(s: &Setup, args: &[&str]) -> Run {
 pub fn socket(s: &Setup) -> PathBuf {
     s.dir.path().join("agent.sock")
 }
+
+/// Puts the fake NVML driver library (`tests/fake_nvml/fake_nvml.c`) into
+/// `dir` as `libnvidia-ml.so.1` and returns `dir`. The library is compiled once
+/// per test process and copied here, so that each directory holds its own copy:
+/// each copy loads as its own library, with its own state, read from
+/// `fake_nvml.state` beside it (see the header of `fake_nvml.c` for the keys).
+pub fn fake_nvml(dir: &Path) -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake_nvml/fake_nvml.c");
+        let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fake_nvml");
+        std::fs::create_dir_all(&out_dir).unwrap();
+        // Compile under a name of our own, then rename: test binaries run at once.
+        let tmp = out_dir.join(format!("libnvidia-ml.so.1.{}", std::process::id()));
+        let out = Command::new("gcc")
+            .args(["-shared", "-fPIC", "-Wall", "-o"])
+            .arg(&tmp)
+            .arg(&src)
+            .output()
+            .expect("running gcc (needed to build the fake NVML library)");
+        assert!(
+            out.status.success(),
+            "gcc failed to build {}: {}",
+            src.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let built = out_dir.join("libnvidia-ml.so.1");
+        std::fs::rename(&tmp, &built).unwrap();
+        built
+    });
+    std::fs::copy(built, dir.join("libnvidia-ml.so.1")).unwrap();
+    dir.to_path_buf()
+}
