@@ -17,6 +17,7 @@ use crate::config::Settings;
 use crate::control::api::{Health, PartHealth, Probe, WorkerHealth};
 use crate::control::HealthSource;
 use crate::docker::{Container, Engine, HealthState};
+use crate::gpu::GpuProbe;
 use crate::update::View;
 use crate::worker::WorkerClient;
 
@@ -25,26 +26,35 @@ pub struct Checker<E: Engine> {
     engine: E,
     probe: WorkerClient,
     settings: watch::Receiver<Arc<Settings>>,
+    gpu: Option<Arc<dyn GpuProbe>>,
 }
 
 impl<E: Engine> Checker<E> {
-    pub fn new(engine: E, settings: watch::Receiver<Arc<Settings>>) -> Self {
+    pub fn new(
+        engine: E,
+        settings: watch::Receiver<Arc<Settings>>,
+        gpu: Option<Arc<dyn GpuProbe>>,
+    ) -> Self {
         Checker {
             engine,
             probe: WorkerClient::new(),
             settings,
+            gpu,
         }
     }
 
     pub async fn check(&self, view: &View) -> Health {
         let settings = self.settings.borrow().clone();
         let worker = self.worker(&settings, view).await;
-        let gpu = gpu_part(&settings);
+        let gpu = match &self.gpu {
+            Some(g) => gpu_now(g.clone(), &settings).await,
+            None => gpu_part(&settings),
+        };
         let hub = hub_part(&settings);
         let verdict = if worker.verdict == "drained" {
             "drained"
         } else if worker.verdict == "healthy"
-            && gpu.verdict != "unhealthy"
+            && matches!(gpu.verdict.as_str(), "healthy" | "not_configured")
             && hub.verdict != "unhealthy"
         {
             "healthy"
@@ -158,18 +168,81 @@ fn judge(c: &Container, http: Option<&Probe>, drained: bool) -> (&'static str, O
     ("healthy", None)
 }
 
-fn gpu_part(settings: &Settings) -> PartHealth {
-    if !settings.gpu.check {
-        return PartHealth {
-            verdict: "not_configured".into(),
-            detail: "gpu.check is off (or worker.gpus = \"none\")".into(),
-            data: serde_json::Value::Null,
-        };
-    }
+/// Without a probe: GPU checks are off.
+fn gpu_part(_settings: &Settings) -> PartHealth {
     PartHealth {
-        verdict: "not_checked".into(),
-        detail: "this version of gpu-agent does not read GPU health through NVML yet".into(),
+        verdict: "not_configured".into(),
+        detail: "gpu.check is off (or worker.gpus = \"none\")".into(),
         data: serde_json::Value::Null,
+    }
+}
+
+/// How many of the latest XIDs the health answer lists.
+const RECENT_XIDS: usize = 20;
+
+/// The GPUs read now through NVML, judged against the config: per GPU the
+/// readings and problems with their recommended actions, and the latest XIDs.
+async fn gpu_now(probe: Arc<dyn GpuProbe>, settings: &Settings) -> PartHealth {
+    let p = probe.clone();
+    let snap = tokio::task::spawn_blocking(move || p.snapshot()).await;
+    let snap = match snap {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            return PartHealth {
+                verdict: if e.is_no_driver() {
+                    "no_driver"
+                } else {
+                    "unknown"
+                }
+                .into(),
+                detail: e.to_string(),
+                data: serde_json::Value::Null,
+            }
+        }
+        Err(e) => {
+            return PartHealth {
+                verdict: "unknown".into(),
+                detail: e.to_string(),
+                data: serde_json::Value::Null,
+            }
+        }
+    };
+    let mut xids = probe.xids_since(0);
+    let skip = xids.len().saturating_sub(RECENT_XIDS);
+    xids.drain(..skip);
+    let limits = crate::gpu::Limits {
+        expected_count: settings.gpu.expected_count,
+        max_temperature_c: settings.gpu.max_temperature_c,
+    };
+    // Hardware XIDs weigh in the verdict; all are listed.
+    let a = crate::gpu::assess(&snap, &limits, &xids);
+    crate::metrics::global().observe_gpus(&snap, &a);
+    let detail = if a.problems.is_empty() {
+        format!(
+            "{} GPUs, driver {}, CUDA {}",
+            snap.gpus.len(),
+            snap.driver_version,
+            snap.cuda_version
+                .as_ref()
+                .map_or("unknown".into(), |v| v.to_string())
+        )
+    } else {
+        a.problems
+            .iter()
+            .map(|p| p.what.as_str())
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    PartHealth {
+        verdict: if a.healthy { "healthy" } else { "unhealthy" }.into(),
+        detail,
+        data: serde_json::json!({
+            "driver_version": snap.driver_version,
+            "cuda_version": snap.cuda_version.as_ref().map(|v| v.to_string()),
+            "gpus": snap.gpus,
+            "problems": a.problems,
+            "xids": xids,
+        }),
     }
 }
 

@@ -18,6 +18,12 @@
 //! | `gpu_agent_worker_pinned` | gauge | 1 while pinned |
 //! | `gpu_agent_registry_last_check_timestamp_seconds` | gauge | Unix time of the last check (0 before the first) |
 //! | `gpu_agent_registry_requests_total` | counter | `status` (HTTP status, or `error` without an answer) |
+//! | `gpu_agent_gpu_count` | gauge | GPUs NVML shows (last reading) |
+//! | `gpu_agent_gpu_healthy` | gauge | 1 when no GPU problem blocks updates (last reading) |
+//! | `gpu_agent_gpu_temperature_celsius` | gauge | `gpu`, `uuid` |
+//! | `gpu_agent_gpu_memory_used_bytes` | gauge | `gpu`, `uuid` |
+//! | `gpu_agent_gpu_ecc_dbe_volatile` | gauge | `gpu`, `uuid`: volatile double-bit ECC errors |
+//! | `gpu_agent_gpu_xid_total` | counter | `code`, `class` |
 
 use std::net::SocketAddr;
 use std::sync::LazyLock;
@@ -67,6 +73,12 @@ pub struct Metrics {
     pinned: Gauge,
     last_check: Gauge<f64, AtomicU64>,
     registry_requests: Family<Labels, Counter>,
+    gpu_count: Gauge,
+    gpu_healthy: Gauge,
+    gpu_temperature: Family<Labels, Gauge>,
+    gpu_memory_used: Family<Labels, Gauge>,
+    gpu_dbe: Family<Labels, Gauge>,
+    gpu_xids: Family<Labels, Counter>,
     /// One scrape at a time sets the view gauges and encodes them.
     scrape: std::sync::Mutex<()>,
 }
@@ -107,6 +119,12 @@ impl Metrics {
             pinned: Gauge::default(),
             last_check: Gauge::default(),
             registry_requests: Family::default(),
+            gpu_count: Gauge::default(),
+            gpu_healthy: Gauge::default(),
+            gpu_temperature: Family::default(),
+            gpu_memory_used: Family::default(),
+            gpu_dbe: Family::default(),
+            gpu_xids: Family::default(),
             registry: Registry::default(),
             scrape: std::sync::Mutex::new(()),
         };
@@ -160,7 +178,69 @@ impl Metrics {
             "Registry requests by HTTP status (error: no answer)",
             m.registry_requests.clone(),
         );
+        registry.register(
+            "gpu_count",
+            "GPUs NVML shows (last reading)",
+            m.gpu_count.clone(),
+        );
+        registry.register(
+            "gpu_healthy",
+            "1 when no GPU problem blocks updates (last reading)",
+            m.gpu_healthy.clone(),
+        );
+        registry.register(
+            "gpu_temperature_celsius",
+            "GPU temperature (last reading)",
+            m.gpu_temperature.clone(),
+        );
+        registry.register(
+            "gpu_memory_used_bytes",
+            "GPU memory in use (last reading)",
+            m.gpu_memory_used.clone(),
+        );
+        registry.register(
+            "gpu_ecc_dbe_volatile",
+            "Volatile double-bit ECC errors (last reading)",
+            m.gpu_dbe.clone(),
+        );
+        registry.register(
+            "gpu_xid",
+            "XID errors the driver reported, by code and class",
+            m.gpu_xids.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Sets the GPU gauges from a reading and what it means.
+    pub fn observe_gpus(&self, s: &crate::gpu::Snapshot, a: &crate::gpu::Assessment) {
+        let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        self.gpu_count.set(s.gpus.len() as i64);
+        self.gpu_healthy.set(i64::from(a.healthy));
+        self.gpu_temperature.clear();
+        self.gpu_memory_used.clear();
+        self.gpu_dbe.clear();
+        for g in &s.gpus {
+            let l = vec![("gpu", g.index.to_string()), ("uuid", g.uuid.clone())];
+            if let Some(t) = g.temperature_c {
+                self.gpu_temperature.get_or_create(&l).set(i64::from(t));
+            }
+            self.gpu_memory_used
+                .get_or_create(&l)
+                .set((g.memory_used_mib * 1024 * 1024) as i64);
+            if let Some(d) = g.ecc_dbe_volatile {
+                self.gpu_dbe.get_or_create(&l).set(d as i64);
+            }
+        }
+    }
+
+    /// Counts one XID.
+    pub fn observe_xid(&self, x: &crate::gpu::Xid) {
+        self.gpu_xids
+            .get_or_create(&vec![
+                ("code", x.code.to_string()),
+                ("class", label(&x.class)),
+            ])
+            .inc();
     }
 
     /// Counts a history entry; `started` is when its update began.

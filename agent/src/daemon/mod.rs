@@ -73,10 +73,14 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
         info!("stopped before the engine answered");
         return Ok(());
     };
-    let checker = crate::health::Checker::new(engine.clone(), settings_rx.clone());
+    let gpu = start_gpu(&settings).await;
+    let checker = crate::health::Checker::new(engine.clone(), settings_rx.clone(), gpu.clone());
     let mut updater = Updater::new(engine, registry, settings.clone(), shutdown.clone())
         .context("opening the state folder")?;
     updater.set_stop_token(stop_now);
+    if let Some(g) = gpu {
+        updater.set_gpu(g);
+    }
 
     // The control socket answers status at once; actions queue for the loop below.
     let (jobs_tx, mut jobs) = mpsc::channel::<Job>(8);
@@ -333,6 +337,25 @@ async fn run_job<E: crate::docker::Engine>(updater: &mut Updater<E>, job: Job) {
     }
     drop(ticket);
     let _ = reply.send(action_result(r, updater.state().current_digest.clone()));
+}
+
+/// The GPU probe when `gpu.check` is on. NVML is loaded now (on a blocking
+/// thread); no driver is a state the gate reports, not a reason to stop.
+async fn start_gpu(settings: &Settings) -> Option<Arc<dyn crate::gpu::GpuProbe>> {
+    if !settings.gpu.check {
+        info!("GPU checks are off (gpu.check = false, or worker.gpus = \"none\")");
+        return None;
+    }
+    let probe = Arc::new(crate::gpu::NvmlProbe::new());
+    let p = probe.clone();
+    match tokio::task::spawn_blocking(move || p.start()).await {
+        Ok(Ok(())) => info!("NVML loaded; watching for XID errors"),
+        Ok(Err(e)) => {
+            warn!(error = %e, "GPU checks cannot run yet: updates wait until they can (gpu.check = false turns the GPU gate off)")
+        }
+        Err(e) => warn!(error = %e, "loading NVML"),
+    }
+    Some(probe)
 }
 
 fn registry_client(settings: &Settings) -> anyhow::Result<RegistryClient> {

@@ -25,6 +25,7 @@ use super::journal::{
 use super::machine::{Machine, Phase};
 use crate::config::{OnDrainTimeout, Settings, WorkerSettings};
 use crate::docker::{Container, Engine, EngineError, HealthState, WorkerSpec};
+use crate::gpu::{self, GpuProbe, Snapshot, Xid, XidClass};
 use crate::registry::{RegistryClient, RegistryError};
 use crate::worker::WorkerClient;
 
@@ -118,6 +119,10 @@ enum Blame {
     /// Not a failure: the agent's stop budget ran out before the worker was
     /// verified. The journal keeps the step; the next start resumes it.
     Stopped,
+    /// A hardware-class XID on the worker's GPUs: not the image's fault. The
+    /// digest is not marked; after the rollback updates are held and, with
+    /// `gpu.drain_on_fault`, the worker is drained.
+    GpuFault,
 }
 
 /// The outcome of a swap attempt that did not commit.
@@ -170,6 +175,15 @@ pub struct Updater<E: Engine> {
     /// poll after poll) until an operator asks (`agentctl check`/`update`),
     /// the config is reloaded or the agent restarts.
     gpu_unavailable: Option<String>,
+    /// The GPUs, when `gpu.check` is on.
+    gpu: Option<Arc<dyn GpuProbe>>,
+    /// XIDs up to this seq were seen before the last good GPU check (or
+    /// acknowledged by an operator's action).
+    good_xid_seq: u64,
+    /// XIDs up to this seq were looked at by the fault watch.
+    seen_xid_seq: u64,
+    /// The last reason the GPU pre-flight gave (its history line is written once).
+    gate_blocked: Option<String>,
     /// Cancelled when the stop budget after SIGTERM is spent: verification
     /// stops looking and leaves its step to the journal.
     stop_now: CancellationToken,
@@ -212,6 +226,10 @@ impl<E: Engine> Updater<E> {
             shutdown,
             drain_cancel: Arc::default(),
             gpu_unavailable: None,
+            gpu: None,
+            good_xid_seq: 0,
+            seen_xid_seq: 0,
+            gate_blocked: None,
             stop_now: CancellationToken::new(),
         })
     }
@@ -220,6 +238,9 @@ impl<E: Engine> Updater<E> {
     /// check, the worker settings to the next container created.
     pub fn reload(&mut self, settings: Arc<Settings>, registry: RegistryClient) {
         self.gpu_unavailable = None;
+        if !settings.gpu.check && self.gpu.take().is_some() {
+            info!("gpu.check is off now: updates no longer wait on the GPU gate");
+        }
         self.worker = Arc::new(settings.worker.clone());
         self.settings = settings;
         self.registry = registry;
@@ -316,6 +337,155 @@ impl<E: Engine> Updater<E> {
                 digest,
                 "an operator deploys a digest marked bad: the mark goes once it is verified"
             );
+        }
+        Ok(())
+    }
+
+    /// The GPUs to gate updates on (`gpu.check`).
+    pub fn set_gpu(&mut self, gpu: Arc<dyn GpuProbe>) {
+        self.good_xid_seq = gpu.last_xid_seq();
+        self.seen_xid_seq = self.good_xid_seq;
+        self.gpu = Some(gpu);
+    }
+
+    /// Reads the GPUs on a blocking thread.
+    async fn gpu_snapshot(&self) -> Option<Result<Snapshot, gpu::GpuError>> {
+        let g = self.gpu.clone()?;
+        Some(
+            tokio::task::spawn_blocking(move || g.snapshot())
+                .await
+                .unwrap_or_else(|e| {
+                    Err(gpu::GpuError::Nvml {
+                        call: "snapshot",
+                        message: e.to_string(),
+                    })
+                }),
+        )
+    }
+
+    /// Whether an XID concerns the GPUs the worker is given.
+    fn on_worker_gpus(&self, x: &Xid) -> bool {
+        use crate::config::Gpus;
+        match &self.worker.gpus {
+            Gpus::None => false,
+            Gpus::All => true,
+            Gpus::Count(n) => x.gpu_index.is_none_or(|i| i < *n),
+            Gpus::Uuids(ids) => ids.iter().any(|id| {
+                x.gpu_uuid.as_deref() == Some(id.as_str())
+                    || x.gpu_index.is_some_and(|i| i.to_string() == *id)
+            }),
+        }
+    }
+
+    fn limits(&self) -> gpu::Limits {
+        gpu::Limits {
+            expected_count: self.settings.gpu.expected_count,
+            max_temperature_c: self.settings.gpu.max_temperature_c,
+        }
+    }
+
+    /// The GPU gate before an update pulls or drains anything: the GPUs are
+    /// all there and sound, and no hardware-class XID came since the last good
+    /// check. `Err` says why the update waits. An operator's action
+    /// (`trigger` cli) acknowledges the XIDs seen so far.
+    async fn gpu_preflight(&mut self, trigger: Trigger) -> Result<Option<Snapshot>, String> {
+        let Some(probe) = self.gpu.clone() else {
+            return Ok(None);
+        };
+        if trigger == Trigger::Cli && probe.last_xid_seq() > self.good_xid_seq {
+            info!("an operator's action acknowledges the XIDs seen so far");
+            self.good_xid_seq = probe.last_xid_seq();
+        }
+        let snap = match self.gpu_snapshot().await {
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
+                return Err(format!(
+                    "GPU pre-flight: {e}; the update waits (install or repair the NVIDIA driver, or set gpu.check = false to update without the GPU gate)"
+                ))
+            }
+            None => return Ok(None),
+        };
+        let xids: Vec<Xid> = probe
+            .xids_since(self.good_xid_seq)
+            .into_iter()
+            .filter(|x| self.on_worker_gpus(x))
+            .collect();
+        let a = gpu::assess(&snap, &self.limits(), &xids);
+        crate::metrics::global().observe_gpus(&snap, &a);
+        if !a.healthy {
+            let why: Vec<&str> = a
+                .problems
+                .iter()
+                .filter(|p| p.blocks_update)
+                .map(|p| p.what.as_str())
+                .collect();
+            return Err(format!(
+                "GPU pre-flight: {}; the worker is left as it is",
+                why.join("; ")
+            ));
+        }
+        self.good_xid_seq = probe.last_xid_seq();
+        Ok(Some(snap))
+    }
+
+    /// Hardware-class XIDs on the worker's GPUs since the last look: reported,
+    /// and with `gpu.drain_on_fault` the worker is drained (updates are held
+    /// by the pre-flight until an operator acts).
+    async fn gpu_fault_watch(&mut self) -> Result<(), UpdateError> {
+        let Some(probe) = self.gpu.clone() else {
+            return Ok(());
+        };
+        let all = probe.xids_since(self.seen_xid_seq);
+        for x in &all {
+            crate::metrics::global().observe_xid(x);
+        }
+        let new: Vec<Xid> = all.into_iter().filter(|x| self.on_worker_gpus(x)).collect();
+        self.seen_xid_seq = probe.last_xid_seq().max(self.seen_xid_seq);
+        let Some(x) = new.iter().find(|x| x.class == XidClass::Hardware) else {
+            return Ok(());
+        };
+        let what = xid_text(x);
+        error!(xid = x.code, gpu = ?x.gpu_index, action = ?x.action, "GPU fault: {what}");
+        self.last_error = Some(format!("GPU fault: {what}"));
+        if self.settings.gpu.drain_on_fault && !self.state.drained {
+            warn!("gpu.drain_on_fault: draining the worker");
+            self.drain_for_maintenance(Some(format!("GPU fault: {what}")), None)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// An image that asks for a newer CUDA than the driver supports
+    /// (`NVIDIA_REQUIRE_CUDA`) cannot run here. `Err` says both versions.
+    async fn cuda_check(&self, target: &str, snap: &Snapshot) -> Result<(), String> {
+        let Some(have) = &snap.cuda_version else {
+            return Ok(());
+        };
+        let env = match self
+            .engine
+            .image_env(&self.settings.image.name.pull_ref(target))
+            .await
+        {
+            Ok(env) => env,
+            Err(e) => {
+                warn!(error = %e, "could not read the image's environment; CUDA compatibility not checked");
+                return Ok(());
+            }
+        };
+        let Some(require) = env
+            .iter()
+            .find_map(|e| e.strip_prefix("NVIDIA_REQUIRE_CUDA="))
+        else {
+            return Ok(());
+        };
+        let Some(need) = required_cuda(require) else {
+            return Ok(());
+        };
+        if &need > have {
+            return Err(format!(
+                "the image needs CUDA {need} (NVIDIA_REQUIRE_CUDA={require}) but the driver {} supports CUDA {have}: upgrade the driver, then deploy it with agentctl update --digest",
+                snap.driver_version
+            ));
         }
         Ok(())
     }
@@ -484,7 +654,7 @@ impl<E: Engine> Updater<E> {
             Ok(()) if self.state.current_digest.is_none() => Ok(()),
             Ok(()) => {
                 self.set_phase(Phase::Verifying);
-                match self.verify_primary().await {
+                match self.verify_primary(None).await {
                     Ok(_) => Ok(()),
                     Err(f) if f.blame == Blame::Stopped => {
                         return Ok(CheckOutcome::Suspended(f.error));
@@ -869,6 +1039,7 @@ impl<E: Engine> Updater<E> {
         if self.state.pending.is_some() {
             self.reconcile().await?;
         }
+        self.gpu_fault_watch().await?;
         if self.state.drained {
             return Ok(CheckOutcome::Held("drained"));
         }
@@ -953,6 +1124,31 @@ impl<E: Engine> Updater<E> {
                 return Ok(CheckOutcome::Failed(msg));
             }
         }
+        let snap = match self.gpu_preflight(trigger).await {
+            Ok(s) => {
+                self.gate_blocked = None;
+                s
+            }
+            Err(why) => {
+                warn!(digest = %target, reason = %why, "update blocked by the GPU pre-flight");
+                if self.gate_blocked.as_deref() != Some(why.as_str()) {
+                    self.record(HistoryEntry {
+                        at: OffsetDateTime::now_utc(),
+                        kind,
+                        from: self.state.current_digest.clone(),
+                        to: Some(target.to_string()),
+                        outcome: Outcome::Failed,
+                        trigger,
+                        error: Some(why.clone()),
+                        downtime_ms: None,
+                        reason: None,
+                    });
+                    self.gate_blocked = Some(why.clone());
+                }
+                self.last_error = Some(why.clone());
+                return Ok(CheckOutcome::Failed(why));
+            }
+        };
         let p = Pending {
             from: self.state.current_digest.clone(),
             to: target.to_string(),
@@ -1004,6 +1200,19 @@ impl<E: Engine> Updater<E> {
             });
             return Ok(CheckOutcome::Failed(msg));
         }
+        if let Some(snap) = &snap {
+            if let Err(msg) = self.cuda_check(target, snap).await {
+                warn!(digest = %target, error = %msg, "CUDA version check failed; the old worker keeps serving");
+                self.remove_named(&self.next_name()).await;
+                self.state.mark_bad(target, &msg, OffsetDateTime::now_utc());
+                self.state.pending = None;
+                self.save()?;
+                self.history(&p, Outcome::Failed, Some(msg.clone()), None);
+                self.last_error = Some(msg.clone());
+                self.set_phase(Phase::Idle);
+                return Ok(CheckOutcome::Failed(msg));
+            }
+        }
         failpoint::hit("after-pull").await;
 
         // 2. Drain the old worker.
@@ -1049,11 +1258,13 @@ impl<E: Engine> Updater<E> {
     /// Steps 3 to 5, from the swap on (also where a resumed update goes on).
     async fn swap_and_verify(&mut self, p: &Pending) -> Result<CheckOutcome, UpdateError> {
         let t0 = Instant::now();
+        // XIDs from here on are the new worker's.
+        let xid_base = self.gpu.as_ref().map_or(0, |g| g.last_xid_seq());
         let outcome = match self.swap(p.from.as_deref(), &p.to).await {
             Ok(()) => {
                 failpoint::hit("after-start").await;
                 self.set_step(Step::Verifying)?;
-                self.verify_primary().await
+                self.verify_primary(Some(xid_base)).await
             }
             Err(e) => {
                 if matches!(&e, UpdateError::Engine(x) if x.is_gpu_unavailable()) {
@@ -1091,6 +1302,15 @@ impl<E: Engine> Updater<E> {
             Err(f) if f.blame == Blame::Stopped => {
                 warn!(digest = %p.to, "the agent stops before the new worker is verified; it runs, and the verification resumes at the next start");
                 Ok(CheckOutcome::Suspended(f.error))
+            }
+            Err(f) if f.blame == Blame::GpuFault => {
+                let reason = f.error.clone();
+                let out = self.rollback(p, f, Some(t0)).await?;
+                if self.settings.gpu.drain_on_fault && !self.state.drained {
+                    warn!("gpu.drain_on_fault: draining the worker");
+                    self.drain_for_maintenance(Some(reason), None).await?;
+                }
+                Ok(out)
             }
             Err(f) => self.rollback(p, f, Some(t0)).await,
         }
@@ -1274,7 +1494,9 @@ impl<E: Engine> Updater<E> {
     /// Verifies the worker under the primary name: it runs, does not restart,
     /// becomes healthy within `health.timeout` and stays so for `stable_for`.
     /// Returns when it was first seen healthy.
-    async fn verify_primary(&self) -> Result<Instant, Failure> {
+    /// With `xid_base`, an XID on the worker's GPUs after that seq fails it:
+    /// application-class blames the image, hardware-class does not.
+    async fn verify_primary(&self, xid_base: Option<u64>) -> Result<Instant, Failure> {
         let name = self.name().to_string();
         let h = &self.worker.health;
         let start = Instant::now();
@@ -1292,6 +1514,15 @@ impl<E: Engine> Updater<E> {
         loop {
             if self.stop_now.is_cancelled() {
                 return Err(stopped());
+            }
+            if let (Some(base), Some(g)) = (xid_base, &self.gpu) {
+                let xids = g.xids_since(base);
+                if let Some(x) = xids
+                    .iter()
+                    .find(|x| x.class != XidClass::Other && self.on_worker_gpus(x))
+                {
+                    return Err(xid_failure(x));
+                }
             }
             let c = match self.engine.inspect(&name).await {
                 Ok(Some(c)) => Some(c),
@@ -1422,7 +1653,7 @@ impl<E: Engine> Updater<E> {
                 true
             }
             Blame::Strike => self.strike(&p.to, &error),
-            Blame::None | Blame::Stopped => false,
+            Blame::None | Blame::Stopped | Blame::GpuFault => false,
         };
         if marked {
             warn!(digest = %p.to, "marked bad: it is not tried again until the tag moves or an operator deploys it");
@@ -1490,7 +1721,7 @@ impl<E: Engine> Updater<E> {
                 }
             }
         }
-        let back = self.verify_primary().await;
+        let back = self.verify_primary(None).await;
         if let Err(f) = &back {
             if f.blame == Blame::Stopped {
                 warn!(digest = %from, "the agent stops before the old worker is verified again; it runs, and the rollback resumes at the next start");
@@ -1542,6 +1773,59 @@ impl<E: Engine> Updater<E> {
             Err(e) => warn!(error = %crate::error_chain(&e), "could not prune old images"),
         }
     }
+}
+
+/// One XID in words: the GPU, the code, what it means and what to do.
+fn xid_text(x: &Xid) -> String {
+    let gpu = match (x.gpu_index, &x.gpu_uuid) {
+        (Some(i), Some(u)) => gpu::gpu_label(i, u),
+        (Some(i), None) => format!("GPU {i}"),
+        _ => "a GPU".into(),
+    };
+    let action = match x.action {
+        gpu::XidAction::RestartApp => "restart the application",
+        gpu::XidAction::ResetGpu => "reset the GPU",
+        gpu::XidAction::RebootHost => "reboot the host",
+        gpu::XidAction::Investigate => "investigate",
+    };
+    format!(
+        "{gpu}: XID {} ({}); recommended: {action}",
+        x.code, x.meaning
+    )
+}
+
+/// What an XID during the new worker's verification means for the update.
+fn xid_failure(x: &Xid) -> Failure {
+    let text = xid_text(x);
+    match x.class {
+        XidClass::Application => Failure::image(format!(
+            "the new worker made a GPU report an application error: {text}"
+        )),
+        XidClass::Hardware => Failure {
+            error: format!(
+                "GPU hardware fault during the verification (not the image's fault): {text}"
+            ),
+            blame: Blame::GpuFault,
+        },
+        XidClass::Ambiguous => Failure {
+            error: format!(
+                "ambiguous GPU error during the verification (the application or the GPU): {text}"
+            ),
+            blame: Blame::Strike,
+        },
+        XidClass::Other => Failure {
+            error: format!("GPU error during the verification: {text}"),
+            blame: Blame::Strike,
+        },
+    }
+}
+
+/// The CUDA version an `NVIDIA_REQUIRE_CUDA` value asks for (`cuda>=12.4 brand=…`).
+fn required_cuda(require: &str) -> Option<gpu::CudaVersion> {
+    require
+        .split_whitespace()
+        .find_map(|t| t.strip_prefix("cuda>="))
+        .and_then(|v| v.parse().ok())
 }
 
 #[cfg(test)]

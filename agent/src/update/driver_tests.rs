@@ -1110,3 +1110,160 @@ async fn a_pin_whose_digest_fails_is_rolled_back_and_not_held() {
         (Kind::Pin, Outcome::RolledBack)
     );
 }
+
+// ---- the GPU gates ----
+
+/// A harness serving V1 with GPUs ("all") and a fake NVML of two healthy GPUs.
+fn with_gpus() -> (Harness, String, Arc<crate::gpu::fake::FakeGpu>) {
+    let (mut h, old) = Harness::serving(V1, &[V2], "[worker]\ngpus = \"all\"\n");
+    let gpu = Arc::new(crate::gpu::fake::FakeGpu::healthy(2));
+    h.up.set_gpu(gpu.clone());
+    (h, old, gpu)
+}
+
+#[tokio::test]
+async fn the_gpu_preflight_blocks_an_update_before_pull_or_drain_and_says_why() {
+    let (mut h, _, gpu) = with_gpus();
+    gpu.update_gpu(1, |g| g.ecc_dbe_volatile = Some(2));
+    for _ in 0..3 {
+        let out = h.up.update_to(V2, Trigger::Poll).await.unwrap();
+        let CheckOutcome::Failed(why) = out else {
+            panic!("{out:?}")
+        };
+        assert!(
+            why.contains("GPU pre-flight") && why.contains("GPU 1") && why.contains("double-bit"),
+            "{why}"
+        );
+    }
+    h.never(&["pull".into(), "create".into(), "stop".into()]);
+    h.only_worker(V1);
+    let blocked: Vec<_> = h
+        .history()
+        .into_iter()
+        .filter(|e| e.to.as_deref() == Some(V2))
+        .collect();
+    assert_eq!(blocked.len(), 1, "one history line per reason: {blocked:?}");
+    assert_eq!(blocked[0].outcome, Outcome::Failed);
+    assert!(
+        !h.saved().is_bad(V2),
+        "sick GPUs say nothing about the image"
+    );
+    gpu.update_gpu(1, |g| g.ecc_dbe_volatile = Some(0));
+    assert_eq!(
+        h.up.update_to(V2, Trigger::Poll).await.unwrap(),
+        CheckOutcome::Updated(V2.into())
+    );
+}
+
+#[tokio::test]
+async fn no_driver_with_gpu_checks_on_is_a_clear_wait() {
+    let (mut h, _, gpu) = with_gpus();
+    gpu.set_no_driver(true);
+    let out = h.up.update_to(V2, Trigger::Poll).await.unwrap();
+    assert!(
+        matches!(&out, CheckOutcome::Failed(m) if m.contains("no NVIDIA driver") && m.contains("gpu.check = false")),
+        "{out:?}"
+    );
+    h.only_worker(V1);
+}
+
+#[tokio::test]
+async fn a_hardware_xid_since_the_last_good_check_holds_updates_until_an_operator_acts() {
+    let (mut h, _, gpu) = with_gpus();
+    gpu.push_xid(79, Some(0));
+    let out = h.up.update_to(V2, Trigger::Poll).await.unwrap();
+    assert!(
+        matches!(&out, CheckOutcome::Failed(m) if m.contains("79")),
+        "{out:?}"
+    );
+    h.only_worker(V1);
+    // An operator's explicit update acknowledges it.
+    assert_eq!(
+        h.up.update_to(V2, Trigger::Cli).await.unwrap(),
+        CheckOutcome::Updated(V2.into())
+    );
+}
+
+#[tokio::test]
+async fn an_application_xid_from_the_new_worker_rolls_back_and_marks_it_bad() {
+    let (mut h, old, gpu) = with_gpus();
+    let g = gpu.clone();
+    h.fake.before_next("start", move |_| {
+        g.push_xid(13, Some(1));
+    });
+    let out = h.up.update_to(V2, Trigger::Poll).await.unwrap();
+    let error = assert_rolled_back(&h, out, &old, true);
+    assert!(
+        error.contains("XID 13") && error.contains("GPU 1"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_hardware_xid_during_verification_is_not_blamed_and_drains_the_worker() {
+    let (mut h, old, gpu) = with_gpus();
+    let g = gpu.clone();
+    h.fake.before_next("start", move |_| {
+        g.push_xid(79, Some(0));
+    });
+    let out = h.up.update_to(V2, Trigger::Poll).await.unwrap();
+    let CheckOutcome::RolledBack { error, .. } = &out else {
+        panic!("{out:?}")
+    };
+    assert!(
+        error.contains("not the image's fault") && error.contains("reboot"),
+        "{error}"
+    );
+    let s = h.saved();
+    assert!(!s.is_bad(V2), "a hardware fault is not the image's");
+    assert!(
+        s.drained && s.drain_complete,
+        "gpu.drain_on_fault drains the worker"
+    );
+    assert!(s.drain_reason.unwrap().contains("XID 79"));
+    assert!(h.fake.running().is_empty());
+    assert_eq!(
+        h.fake.container(&old).map(|c| c.digest),
+        Some(Some(V1.to_string()))
+    );
+}
+
+#[tokio::test]
+async fn a_hardware_xid_while_idle_drains_the_worker_at_the_next_poll() {
+    let (mut h, _, gpu) = with_gpus();
+    gpu.push_xid(48, Some(1));
+    // The registry is not reachable in these tests: the check fails after the watch.
+    let _ = h.up.check(Trigger::Poll).await;
+    let s = h.saved();
+    assert!(s.drained && s.drain_complete, "{s:?}");
+    assert!(h.fake.running().is_empty());
+    assert!(h.up.last_error().unwrap_or("").contains("GPU fault"));
+}
+
+#[tokio::test]
+async fn an_image_that_needs_a_newer_cuda_is_refused_before_the_drain() {
+    let (mut h, _, _gpu) = with_gpus();
+    h.fake.set_image_env(
+        &image(V2),
+        &[
+            "PATH=/bin",
+            "NVIDIA_REQUIRE_CUDA=cuda>=12.9 brand=tesla,driver>=470",
+        ],
+    );
+    let out = h.up.update_to(V2, Trigger::Poll).await.unwrap();
+    let CheckOutcome::Failed(msg) = out else {
+        panic!("{out:?}")
+    };
+    assert!(
+        msg.contains("CUDA 12.9") && msg.contains("CUDA 12.4"),
+        "{msg}"
+    );
+    h.never(&["stop".into()]);
+    h.only_worker(V1);
+    assert!(h.saved().is_bad(V2));
+    assert_eq!(
+        required_cuda("cuda>=11.8 brand=tesla"),
+        Some("11.8".parse().unwrap())
+    );
+    assert_eq!(required_cuda("brand=tesla"), None);
+}

@@ -250,8 +250,16 @@ http = "{health}"
 timeout = "15s"
 stable_for = "1s"
 
+{gpu}
 {extra}
 "#,
+            // The test engine serves GPU requests through a stub hook, but
+            // there is no NVML: the GPU gate is off unless a test sets [gpu].
+            gpu = if extra.contains("[gpu]") {
+                ""
+            } else {
+                "[gpu]\ncheck = false\n"
+            },
             id = self.agent_id,
             state = self.dir.path().join("state").display(),
             sock = self.dir.path().join("agent.sock").display(),
