@@ -8,7 +8,7 @@
 #   scripts/test.sh registry          only tests whose name contains "registry"
 #   scripts/test.sh --test swap -- --nocapture
 #
-# Steps: install missing Debian packages (docker.io docker-registry busybox-static
+# Steps: install missing Debian packages (docker.io docker-registry busybox-static gcc libc6-dev
 # apache2-utils curl), start the private stack (scripts/stack.sh up), build the
 # test worker images, export the stack's variables (scripts/stack.sh env:
 # DOCKER_HOST, GPU_AGENT_TEST_DOCKER_HOST, GPU_AGENT_TEST_REGISTRY,
@@ -56,7 +56,7 @@ on_exit() {
 }
 
 section "Prerequisites"
-ensure_packages docker.io docker-registry busybox-static apache2-utils curl
+ensure_packages docker.io docker-registry busybox-static apache2-utils curl gcc libc6-dev
 ensure_cargo
 note "$(cargo --version)"
 
