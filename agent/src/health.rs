@@ -177,6 +177,32 @@ fn gpu_part(_settings: &Settings) -> PartHealth {
     }
 }
 
+/// Each GPU's readings with its own verdict (`healthy`, `unhealthy` when a
+/// problem of it blocks updates, `degraded` when one is only reported).
+fn per_gpu(snap: &crate::gpu::Snapshot, a: &crate::gpu::Assessment) -> Vec<serde_json::Value> {
+    snap.gpus
+        .iter()
+        .map(|g| {
+            let mine = a.problems.iter().filter(|p| p.gpu_index == Some(g.index));
+            let (mut blocks, mut any) = (false, false);
+            for p in mine {
+                any = true;
+                blocks |= p.blocks_update;
+            }
+            let mut v = serde_json::to_value(g).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                let verdict = match (blocks, any) {
+                    (true, _) => "unhealthy",
+                    (false, true) => "degraded",
+                    _ => "healthy",
+                };
+                o.insert("verdict".into(), verdict.into());
+            }
+            v
+        })
+        .collect()
+}
+
 /// How many of the latest XIDs the health answer lists.
 const RECENT_XIDS: usize = 20;
 
@@ -239,7 +265,7 @@ async fn gpu_now(probe: Arc<dyn GpuProbe>, settings: &Settings) -> PartHealth {
         data: serde_json::json!({
             "driver_version": snap.driver_version,
             "cuda_version": snap.cuda_version.as_ref().map(|v| v.to_string()),
-            "gpus": snap.gpus,
+            "gpus": per_gpu(&snap, &a),
             "problems": a.problems,
             "xids": xids,
         }),

@@ -85,6 +85,10 @@ fn part<'a>(rows: &mut Vec<(&'a str, String)>, name: &'a str, p: &PartHealth) {
         format!("{}: {}", p.verdict, p.detail)
     };
     rows.push((name, line));
+    if let Some(gpus) = p.data.get("gpus").and_then(|g| g.as_array()) {
+        gpu_rows(rows, gpus, &p.data);
+        return;
+    }
     let shown = match &p.data {
         serde_json::Value::Object(m) => !m.is_empty(),
         serde_json::Value::Array(a) => !a.is_empty(),
@@ -92,6 +96,68 @@ fn part<'a>(rows: &mut Vec<(&'a str, String)>, name: &'a str, p: &PartHealth) {
     };
     if shown {
         rows.push(("  data", p.data.to_string()));
+    }
+}
+
+/// One line per GPU, then the problems with what to do, then the latest XIDs.
+fn gpu_rows(rows: &mut Vec<(&str, String)>, gpus: &[serde_json::Value], data: &serde_json::Value) {
+    let num = |g: &serde_json::Value, k: &str| g.get(k).and_then(|v| v.as_u64());
+    for g in gpus {
+        let mut parts = Vec::new();
+        if let Some(t) = num(g, "temperature_c") {
+            parts.push(format!("{t}°C"));
+        }
+        if let (Some(used), Some(total)) = (num(g, "memory_used_mib"), num(g, "memory_total_mib")) {
+            parts.push(format!("{used}/{total} MiB"));
+        }
+        if let Some(d) = num(g, "ecc_dbe_volatile") {
+            parts.push(format!("ECC DBE {d}"));
+        }
+        if let (Some(w), Some(m)) = (num(g, "pcie_width"), num(g, "pcie_max_width")) {
+            parts.push(format!("PCIe x{w}/x{m}"));
+        }
+        rows.push((
+            "  gpu",
+            format!(
+                "{} {} {}: {}; {}",
+                num(g, "index").unwrap_or_default(),
+                g["uuid"].as_str().unwrap_or("?"),
+                g["name"].as_str().unwrap_or("?"),
+                g["verdict"].as_str().unwrap_or("?"),
+                parts.join(", ")
+            ),
+        ));
+    }
+    for p in data["problems"].as_array().into_iter().flatten() {
+        rows.push((
+            "  problem",
+            format!(
+                "{} ({}{})",
+                p["what"].as_str().unwrap_or("?"),
+                p["action"].as_str().unwrap_or("?").replace('_', " "),
+                if p["blocks_update"] == true {
+                    "; blocks updates"
+                } else {
+                    ""
+                }
+            ),
+        ));
+    }
+    for x in data["xids"].as_array().into_iter().flatten() {
+        rows.push((
+            "  xid",
+            format!(
+                "{} GPU {}: XID {} {} ({}): {}",
+                x["at"].as_str().unwrap_or("?"),
+                x["gpu_index"]
+                    .as_u64()
+                    .map_or("?".into(), |i| i.to_string()),
+                x["code"],
+                x["class"].as_str().unwrap_or("?"),
+                x["action"].as_str().unwrap_or("?").replace('_', " "),
+                x["meaning"].as_str().unwrap_or("")
+            ),
+        ));
     }
 }
 
@@ -150,6 +216,44 @@ gpu:            healthy: 2 GPUs
 hub:            not_configured: no [hub] in the config
 "#
         );
+    }
+
+    #[test]
+    fn gpus_read_one_line_each_with_problems_and_xids() {
+        let mut h = health();
+        h.gpu = PartHealth {
+            verdict: "unhealthy".into(),
+            detail: "GPU 1 (GPU-b): 2 volatile double-bit ECC errors".into(),
+            data: json!({
+                "driver_version": "550.54.15", "cuda_version": "12.4",
+                "gpus": [
+                    {"index": 0, "uuid": "GPU-a", "name": "H100", "temperature_c": 41,
+                     "memory_used_mib": 1024, "memory_total_mib": 81559, "ecc_dbe_volatile": 0,
+                     "pcie_width": 16, "pcie_max_width": 16, "verdict": "healthy"},
+                    {"index": 1, "uuid": "GPU-b", "name": "H100", "temperature_c": 55,
+                     "memory_used_mib": 0, "memory_total_mib": 81559, "ecc_dbe_volatile": 2,
+                     "verdict": "unhealthy"}
+                ],
+                "problems": [{"gpu_index": 1, "what": "GPU 1 (GPU-b): 2 volatile double-bit ECC errors",
+                              "blocks_update": true, "action": "reset_gpu"}],
+                "xids": [{"seq": 1, "at": "2026-11-22T07:00:00Z", "gpu_index": 0, "gpu_uuid": "GPU-a",
+                          "code": 79, "class": "hardware", "action": "reboot_host",
+                          "meaning": "GPU has fallen off the bus"}]
+            }),
+        };
+        let text = render(&h);
+        for line in [
+            "  gpu: 0 GPU-a H100: healthy; 41°C, 1024/81559 MiB, ECC DBE 0, PCIe x16/x16",
+            "  gpu: 1 GPU-b H100: unhealthy; 55°C, 0/81559 MiB, ECC DBE 2",
+            "  problem: GPU 1 (GPU-b): 2 volatile double-bit ECC errors (reset gpu; blocks updates)",
+            "  xid: 2026-11-22T07:00:00Z GPU 0: XID 79 hardware (reboot host): GPU has fallen off the bus",
+        ] {
+            let found = text.lines().any(|l| {
+                l.split_whitespace().collect::<Vec<_>>() == line.split_whitespace().collect::<Vec<_>>()
+            });
+            assert!(found, "{line:?} not in\n{text}");
+        }
+        assert!(!text.contains("  data"), "{text}");
     }
 
     #[test]
