@@ -47,7 +47,7 @@ impl<E: Engine> Checker<E> {
         let settings = self.settings.borrow().clone();
         let worker = self.worker(&settings, view).await;
         let gpu = match &self.gpu {
-            Some(g) => gpu_now(g.clone(), &settings).await,
+            Some(g) => gpu_now(g.clone(), &settings, view.state.gpu_hold.as_deref()).await,
             None => gpu_part(&settings),
         };
         let hub = hub_part(&settings);
@@ -208,12 +208,13 @@ const RECENT_XIDS: usize = 20;
 
 /// The GPUs read now through NVML, judged against the config: per GPU the
 /// readings and problems with their recommended actions, and the latest XIDs.
-async fn gpu_now(probe: Arc<dyn GpuProbe>, settings: &Settings) -> PartHealth {
+async fn gpu_now(probe: Arc<dyn GpuProbe>, settings: &Settings, hold: Option<&str>) -> PartHealth {
     let p = probe.clone();
     let snap = tokio::task::spawn_blocking(move || p.snapshot()).await;
     let snap = match snap {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
+            crate::metrics::global().gpus_unreadable();
             return PartHealth {
                 verdict: if e.is_no_driver() {
                     "no_driver"
@@ -223,7 +224,7 @@ async fn gpu_now(probe: Arc<dyn GpuProbe>, settings: &Settings) -> PartHealth {
                 .into(),
                 detail: e.to_string(),
                 data: serde_json::Value::Null,
-            }
+            };
         }
         Err(e) => {
             return PartHealth {
@@ -240,8 +241,18 @@ async fn gpu_now(probe: Arc<dyn GpuProbe>, settings: &Settings) -> PartHealth {
         expected_count: settings.gpu.expected_count,
         max_temperature_c: settings.gpu.max_temperature_c,
     };
-    // Hardware XIDs weigh in the verdict; all are listed.
-    let a = crate::gpu::assess(&snap, &limits, &xids);
+    // The readings decide now; past XIDs weigh through the updater's hold
+    // (which an operator lifts), and are listed.
+    let mut a = crate::gpu::assess(&snap, &limits, &[]);
+    if let Some(hold) = hold {
+        a.healthy = false;
+        a.problems.push(crate::gpu::Problem {
+            gpu_index: None,
+            what: format!("updates are held after a GPU fault: {hold}; agentctl check goes on once it is fixed"),
+            blocks_update: true,
+            action: crate::gpu::XidAction::Investigate,
+        });
+    }
     crate::metrics::global().observe_gpus(&snap, &a);
     let detail = if a.problems.is_empty() {
         format!(

@@ -233,6 +233,16 @@ impl Metrics {
         }
     }
 
+    /// The GPUs could not be read: not healthy, and no stale readings.
+    pub fn gpus_unreadable(&self) {
+        let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        self.gpu_count.set(0);
+        self.gpu_healthy.set(0);
+        self.gpu_temperature.clear();
+        self.gpu_memory_used.clear();
+        self.gpu_dbe.clear();
+    }
+
     /// Counts one XID.
     pub fn observe_xid(&self, x: &crate::gpu::Xid) {
         self.gpu_xids

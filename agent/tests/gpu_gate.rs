@@ -155,7 +155,13 @@ async fn a_hardware_xid_is_reported_with_its_action_and_drains_the_worker() {
         "{reason}"
     );
     assert!(!s.is_marked_bad(&v1));
+    let hold = s.state()["gpu_hold"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(hold.contains("XID 79"), "the hold is saved: {hold:?}");
     let h = ctl(&s, &["health", "--json"]).await.json();
+    assert_eq!(h["gpu"]["verdict"], "unhealthy", "{h:#}");
     let xids = h["gpu"]["data"]["xids"].as_array().unwrap();
     assert!(
         xids.iter()

@@ -241,6 +241,9 @@ impl<E: Engine> Updater<E> {
         if !settings.gpu.check && self.gpu.take().is_some() {
             info!("gpu.check is off now: updates no longer wait on the GPU gate");
         }
+        if settings.gpu.check && self.gpu.is_none() {
+            warn!("gpu.check is on in the reloaded config: the GPU gate starts with the next restart of the agent");
+        }
         self.worker = Arc::new(settings.worker.clone());
         self.settings = settings;
         self.registry = registry;
@@ -392,23 +395,36 @@ impl<E: Engine> Updater<E> {
         let Some(probe) = self.gpu.clone() else {
             return Ok(None);
         };
-        if trigger == Trigger::Cli && probe.last_xid_seq() > self.good_xid_seq {
-            info!("an operator's action acknowledges the XIDs seen so far");
-            self.good_xid_seq = probe.last_xid_seq();
+        if trigger == Trigger::Cli {
+            if probe.last_xid_seq() > self.good_xid_seq {
+                info!("an operator's action acknowledges the XIDs seen so far");
+                self.good_xid_seq = probe.last_xid_seq();
+            }
+            if let Some(hold) = self.state.gpu_hold.take() {
+                warn!(hold = %hold, "an operator's action lifts the hold after a GPU fault");
+                self.save().map_err(|e| crate::error_chain(&e))?;
+            }
         }
+        if let Some(hold) = &self.state.gpu_hold {
+            return Err(format!(
+                "updates are held after a GPU fault: {hold}; once the GPU is reset or the host rebooted, agentctl check goes on"
+            ));
+        }
+        let upto = probe.last_xid_seq();
         let snap = match self.gpu_snapshot().await {
             Some(Ok(s)) => s,
             Some(Err(e)) => {
+                crate::metrics::global().gpus_unreadable();
                 return Err(format!(
                     "GPU pre-flight: {e}; the update waits (install or repair the NVIDIA driver, or set gpu.check = false to update without the GPU gate)"
-                ))
+                ));
             }
             None => return Ok(None),
         };
         let xids: Vec<Xid> = probe
             .xids_since(self.good_xid_seq)
             .into_iter()
-            .filter(|x| self.on_worker_gpus(x))
+            .filter(|x| x.seq <= upto && self.on_worker_gpus(x))
             .collect();
         let a = gpu::assess(&snap, &self.limits(), &xids);
         crate::metrics::global().observe_gpus(&snap, &a);
@@ -424,14 +440,14 @@ impl<E: Engine> Updater<E> {
                 why.join("; ")
             ));
         }
-        self.good_xid_seq = probe.last_xid_seq();
+        self.good_xid_seq = upto;
         Ok(Some(snap))
     }
 
     /// Hardware-class XIDs on the worker's GPUs since the last look: reported,
     /// and with `gpu.drain_on_fault` the worker is drained (updates are held
     /// by the pre-flight until an operator acts).
-    async fn gpu_fault_watch(&mut self) -> Result<(), UpdateError> {
+    async fn gpu_fault_watch(&mut self, trigger: Trigger) -> Result<(), UpdateError> {
         let Some(probe) = self.gpu.clone() else {
             return Ok(());
         };
@@ -439,17 +455,32 @@ impl<E: Engine> Updater<E> {
         for x in &all {
             crate::metrics::global().observe_xid(x);
         }
-        let new: Vec<Xid> = all.into_iter().filter(|x| self.on_worker_gpus(x)).collect();
-        self.seen_xid_seq = probe.last_xid_seq().max(self.seen_xid_seq);
-        let Some(x) = new.iter().find(|x| x.class == XidClass::Hardware) else {
+        self.seen_xid_seq = all.iter().map(|x| x.seq).fold(self.seen_xid_seq, u64::max);
+        let Some(x) = all
+            .iter()
+            .find(|x| x.class == XidClass::Hardware && self.on_worker_gpus(x))
+        else {
             return Ok(());
         };
-        let what = xid_text(x);
-        error!(xid = x.code, gpu = ?x.gpu_index, action = ?x.action, "GPU fault: {what}");
-        self.last_error = Some(format!("GPU fault: {what}"));
+        let what = format!("GPU fault: {}", xid_text(x));
+        self.hold_for_gpu_fault(&what, trigger).await
+    }
+
+    /// A hardware fault: updates are held (saved, so a restart keeps the
+    /// hold) until an operator acts, and with `gpu.drain_on_fault` the worker
+    /// is drained.
+    async fn hold_for_gpu_fault(
+        &mut self,
+        what: &str,
+        trigger: Trigger,
+    ) -> Result<(), UpdateError> {
+        error!("{what}; updates are held until an operator runs agentctl check");
+        self.state.gpu_hold = Some(what.to_string());
+        self.save()?;
+        self.last_error = Some(what.to_string());
         if self.settings.gpu.drain_on_fault && !self.state.drained {
             warn!("gpu.drain_on_fault: draining the worker");
-            self.drain_for_maintenance(Some(format!("GPU fault: {what}")), None)
+            self.drain_for_maintenance_by(Some(what.to_string()), None, trigger)
                 .await?;
         }
         Ok(())
@@ -472,6 +503,22 @@ impl<E: Engine> Updater<E> {
                 return Ok(());
             }
         };
+        // Images with forward-compatibility libraries turn the check off, as
+        // the NVIDIA toolkit honours it.
+        let disabled = |v: &str| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false");
+        if env
+            .iter()
+            .filter_map(|e| e.strip_prefix("NVIDIA_DISABLE_REQUIRE="))
+            .chain(
+                self.worker
+                    .env
+                    .get("NVIDIA_DISABLE_REQUIRE")
+                    .map(String::as_str),
+            )
+            .any(disabled)
+        {
+            return Ok(());
+        }
         let Some(require) = env
             .iter()
             .find_map(|e| e.strip_prefix("NVIDIA_REQUIRE_CUDA="))
@@ -535,6 +582,17 @@ impl<E: Engine> Updater<E> {
         reason: Option<String>,
         timeout: Option<Duration>,
     ) -> Result<CheckOutcome, UpdateError> {
+        self.drain_for_maintenance_by(reason, timeout, Trigger::Cli)
+            .await
+    }
+
+    /// [`Updater::drain_for_maintenance`] with what asked for it.
+    async fn drain_for_maintenance_by(
+        &mut self,
+        reason: Option<String>,
+        timeout: Option<Duration>,
+        trigger: Trigger,
+    ) -> Result<CheckOutcome, UpdateError> {
         if self.state.drained && self.state.drain_complete {
             return Ok(CheckOutcome::Drained);
         }
@@ -549,7 +607,7 @@ impl<E: Engine> Updater<E> {
             reason = self.state.drain_reason.as_deref().unwrap_or("-"),
             "maintenance drain"
         );
-        self.finish_drain(timeout.unwrap_or(self.worker.drain.timeout), Trigger::Cli)
+        self.finish_drain(timeout.unwrap_or(self.worker.drain.timeout), trigger)
             .await
     }
 
@@ -1036,10 +1094,10 @@ impl<E: Engine> Updater<E> {
 
     /// Resolves the configured tag or range and updates if the digest is new.
     pub async fn check(&mut self, trigger: Trigger) -> Result<CheckOutcome, UpdateError> {
+        self.gpu_fault_watch(trigger).await?;
         if self.state.pending.is_some() {
             self.reconcile().await?;
         }
-        self.gpu_fault_watch().await?;
         if self.state.drained {
             return Ok(CheckOutcome::Held("drained"));
         }
@@ -1066,7 +1124,7 @@ impl<E: Engine> Updater<E> {
         let target = resolved.digest;
         if self.state.current_digest.as_deref() == Some(target.as_str()) {
             debug!(tag = %resolved.tag, digest = %target, "up to date");
-            self.last_error = None;
+            self.last_error = self.state.gpu_hold.clone();
             self.set_phase(Phase::Idle);
             return Ok(CheckOutcome::UpToDate);
         }
@@ -1131,7 +1189,9 @@ impl<E: Engine> Updater<E> {
             }
             Err(why) => {
                 warn!(digest = %target, reason = %why, "update blocked by the GPU pre-flight");
-                if self.gate_blocked.as_deref() != Some(why.as_str()) {
+                // One line per reason: readings and times change, the reason not.
+                let key: String = why.chars().filter(|c| !c.is_ascii_digit()).collect();
+                if self.gate_blocked.as_deref() != Some(key.as_str()) {
                     self.record(HistoryEntry {
                         at: OffsetDateTime::now_utc(),
                         kind,
@@ -1143,7 +1203,7 @@ impl<E: Engine> Updater<E> {
                         downtime_ms: None,
                         reason: None,
                     });
-                    self.gate_blocked = Some(why.clone());
+                    self.gate_blocked = Some(key);
                 }
                 self.last_error = Some(why.clone());
                 return Ok(CheckOutcome::Failed(why));
@@ -1226,6 +1286,19 @@ impl<E: Engine> Updater<E> {
             }
         }
         failpoint::hit("after-drain").await;
+        // A hardware fault during the pull or the drain: keep the old worker.
+        if let Some(probe) = self.gpu.clone() {
+            let fault = probe
+                .xids_since(self.good_xid_seq)
+                .into_iter()
+                .find(|x| x.class == XidClass::Hardware && self.on_worker_gpus(x));
+            if let Some(x) = fault {
+                let what = format!("GPU fault: {}", xid_text(&x));
+                self.abort_prepared(&p, what.clone()).await?;
+                self.hold_for_gpu_fault(&what, trigger).await?;
+                return Ok(CheckOutcome::Aborted(what));
+            }
+        }
         // Last moment to stop with the old worker untouched.
         if self.shutdown.is_cancelled() {
             let reason = "the agent is shutting down; the update will be tried again".to_string();
@@ -1258,10 +1331,9 @@ impl<E: Engine> Updater<E> {
     /// Steps 3 to 5, from the swap on (also where a resumed update goes on).
     async fn swap_and_verify(&mut self, p: &Pending) -> Result<CheckOutcome, UpdateError> {
         let t0 = Instant::now();
-        // XIDs from here on are the new worker's.
-        let xid_base = self.gpu.as_ref().map_or(0, |g| g.last_xid_seq());
+
         let outcome = match self.swap(p.from.as_deref(), &p.to).await {
-            Ok(()) => {
+            Ok(xid_base) => {
                 failpoint::hit("after-start").await;
                 self.set_step(Step::Verifying)?;
                 self.verify_primary(Some(xid_base)).await
@@ -1306,10 +1378,7 @@ impl<E: Engine> Updater<E> {
             Err(f) if f.blame == Blame::GpuFault => {
                 let reason = f.error.clone();
                 let out = self.rollback(p, f, Some(t0)).await?;
-                if self.settings.gpu.drain_on_fault && !self.state.drained {
-                    warn!("gpu.drain_on_fault: draining the worker");
-                    self.drain_for_maintenance(Some(reason), None).await?;
-                }
+                self.hold_for_gpu_fault(&reason, p.trigger).await?;
                 Ok(out)
             }
             Err(f) => self.rollback(p, f, Some(t0)).await,
@@ -1440,7 +1509,9 @@ impl<E: Engine> Updater<E> {
 
     /// Stops the old worker and starts the new one under the primary name.
     /// Idempotent: converges from any point of an interrupted swap.
-    async fn swap(&self, from: Option<&str>, to: &str) -> Result<(), UpdateError> {
+    /// Returns the XID seq from which XIDs are the new worker's (read after
+    /// the old one stopped, so its dying XIDs are not held against the image).
+    async fn swap(&self, from: Option<&str>, to: &str) -> Result<u64, UpdateError> {
         let name = self.name().to_string();
         let prev = self.prev_name();
         let cs = self.engine.list_managed().await?;
@@ -1484,11 +1555,12 @@ impl<E: Engine> Updater<E> {
         if new.name != name {
             self.engine.rename(&new.id, &name).await?;
         }
+        let xid_base = self.gpu.as_ref().map_or(0, |g| g.last_xid_seq());
         if !new.running {
             info!(digest = %to, "starting the new worker");
             self.engine.start(&new.id).await?;
         }
-        Ok(())
+        Ok(xid_base)
     }
 
     /// Verifies the worker under the primary name: it runs, does not restart,
@@ -1517,10 +1589,18 @@ impl<E: Engine> Updater<E> {
             }
             if let (Some(base), Some(g)) = (xid_base, &self.gpu) {
                 let xids = g.xids_since(base);
-                if let Some(x) = xids
+                let mine: Vec<&Xid> = xids.iter().filter(|x| self.on_worker_gpus(x)).collect();
+                // The worst first: a hardware fault is never blamed on the image.
+                // XID 45 alone is a cleanup after another error or a kill.
+                let worst = mine
                     .iter()
-                    .find(|x| x.class != XidClass::Other && self.on_worker_gpus(x))
-                {
+                    .find(|x| x.class == XidClass::Hardware)
+                    .or_else(|| {
+                        mine.iter()
+                            .find(|x| x.class == XidClass::Application && x.code != 45)
+                    })
+                    .or_else(|| mine.iter().find(|x| x.class == XidClass::Ambiguous));
+                if let Some(x) = worst {
                     return Err(xid_failure(x));
                 }
             }

@@ -1267,3 +1267,111 @@ async fn an_image_that_needs_a_newer_cuda_is_refused_before_the_drain() {
     );
     assert_eq!(required_cuda("brand=tesla"), None);
 }
+
+#[tokio::test]
+async fn a_gpu_fault_hold_is_saved_and_only_an_operator_lifts_it() {
+    let (mut h, _, gpu) = with_gpus();
+    gpu.push_xid(48, Some(0));
+    let _ = h.up.check(Trigger::Poll).await;
+    let s = h.saved();
+    assert!(
+        s.gpu_hold.as_deref().unwrap_or("").contains("XID 48"),
+        "{s:?}"
+    );
+    // A restart (a new probe with an empty XID log) keeps the hold.
+    let settings = h.up.settings.clone();
+    let mut again = Updater::new(
+        h.fake.clone(),
+        RegistryClient::new(ClientOptions::default()).unwrap(),
+        settings,
+        CancellationToken::new(),
+    )
+    .unwrap();
+    again.set_gpu(Arc::new(crate::gpu::fake::FakeGpu::healthy(2)));
+    again.undrain().await.unwrap();
+    let out = again.update_to(V2, Trigger::Poll).await.unwrap();
+    assert!(
+        matches!(&out, CheckOutcome::Failed(m) if m.contains("held after a GPU fault") && m.contains("agentctl check")),
+        "{out:?}"
+    );
+    assert_eq!(
+        again.update_to(V2, Trigger::Cli).await.unwrap(),
+        CheckOutcome::Updated(V2.into())
+    );
+    assert_eq!(again.state().gpu_hold, None);
+}
+
+#[tokio::test]
+async fn the_old_workers_dying_xids_are_not_held_against_the_new_image() {
+    let (mut h, _, gpu) = with_gpus();
+    let g = gpu.clone();
+    // The old worker is killed mid-job: the driver reports 43 and 45 as it stops.
+    h.fake.before_next("stop", move |_| {
+        g.push_xid(43, Some(0));
+        g.push_xid(45, Some(0));
+    });
+    assert_eq!(
+        h.up.update_to(V2, Trigger::Poll).await.unwrap(),
+        CheckOutcome::Updated(V2.into())
+    );
+}
+
+#[tokio::test]
+async fn with_an_application_and_a_hardware_xid_the_hardware_fault_decides() {
+    let (mut h, _, gpu) = with_gpus();
+    let g = gpu.clone();
+    h.fake.before_next("start", move |_| {
+        g.push_xid(13, Some(0));
+        g.push_xid(79, Some(0));
+    });
+    let out = h.up.update_to(V2, Trigger::Poll).await.unwrap();
+    assert!(matches!(out, CheckOutcome::RolledBack { .. }), "{out:?}");
+    assert!(!h.saved().is_bad(V2), "a hardware fault is not the image's");
+    // XID 45 alone (a cleanup after a kill) blames nothing either.
+    let (mut h, _, gpu) = with_gpus();
+    let g = gpu.clone();
+    h.fake.before_next("start", move |_| {
+        g.push_xid(45, Some(0));
+    });
+    assert_eq!(
+        h.up.update_to(V2, Trigger::Poll).await.unwrap(),
+        CheckOutcome::Updated(V2.into())
+    );
+}
+
+#[tokio::test]
+async fn a_hardware_xid_during_the_drain_keeps_the_old_worker() {
+    let (mut h, _, gpu) = with_gpus();
+    let g = gpu.clone();
+    h.fake.before_next("create", move |_| {
+        g.push_xid(79, Some(1));
+    });
+    let out = h.up.update_to(V2, Trigger::Poll).await.unwrap();
+    assert!(
+        matches!(&out, CheckOutcome::Aborted(m) if m.contains("XID 79")),
+        "{out:?}"
+    );
+    // No swap: the old container stays (drained for the fault, as
+    // gpu.drain_on_fault says), the new one is gone.
+    let old = h.fake.container(W).expect("the old worker's container");
+    assert_eq!(old.digest.as_deref(), Some(V1));
+    assert!(h.fake.container(NEXT).is_none());
+    let s = h.saved();
+    assert!(s.gpu_hold.is_some() && !s.is_bad(V2) && s.drained);
+}
+
+#[tokio::test]
+async fn images_that_turn_the_cuda_check_off_are_not_refused() {
+    let (mut h, _, _gpu) = with_gpus();
+    h.fake.set_image_env(
+        &image(V2),
+        &[
+            "NVIDIA_REQUIRE_CUDA=cuda>=12.9",
+            "NVIDIA_DISABLE_REQUIRE=true",
+        ],
+    );
+    assert_eq!(
+        h.up.update_to(V2, Trigger::Poll).await.unwrap(),
+        CheckOutcome::Updated(V2.into())
+    );
+}

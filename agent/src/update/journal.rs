@@ -109,6 +109,9 @@ pub struct State {
     pub pinned: Option<String>,
     /// ... and the digest it named then.
     pub pinned_digest: Option<String>,
+    /// Updates are held after a hardware-class GPU fault (what it was and
+    /// what to do), until an operator's `agentctl check` or `update`.
+    pub gpu_hold: Option<String>,
     pub pending: Option<Pending>,
 }
 
