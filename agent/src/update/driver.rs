@@ -1741,6 +1741,11 @@ impl<E: Engine> Updater<E> {
         if let Some(pending) = self.state.pending.as_mut() {
             pending.error = Some(error.clone());
         }
+        // A GPU fault holds updates from the same write, so a crash in the
+        // rollback cannot lose the hold.
+        if failure.blame == Blame::GpuFault {
+            self.state.gpu_hold = Some(error.clone());
+        }
         self.set_step(Step::RollingBack)?;
         let name = self.name().to_string();
         let cs = self.engine.list_managed().await?;
