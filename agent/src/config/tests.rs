@@ -313,3 +313,152 @@ fn dropin_files_are_found_in_lexical_order() {
         .to_string();
     assert!(e.contains("missing.toml"), "{e}");
 }
+
+/// The commented example installed as /etc/gpu-agent/agent.toml by the .deb.
+const PACKAGED_EXAMPLE: &str = include_str!("../../../packaging/agent.toml");
+
+/// The packaged example with its one required line uncommented.
+fn packaged_with_repository() -> String {
+    let line = "# repository = \"ghcr.io/acme/worker\"";
+    assert_eq!(
+        PACKAGED_EXAMPLE.matches(line).count(),
+        1,
+        "packaging/agent.toml should hold `{line}` once"
+    );
+    PACKAGED_EXAMPLE.replacen(line, "repository = \"ghcr.io/acme/worker\"", 1)
+}
+
+/// `(section, key, value)` for every `key = value` line of the packaged
+/// example, commented out or not; the section is the last `[header]` above it,
+/// commented out or not.
+fn packaged_keys() -> Vec<(String, String, String)> {
+    let mut section = String::new();
+    let mut keys = Vec::new();
+    for line in PACKAGED_EXAMPLE.lines() {
+        let line = line.trim_start_matches('#').trim();
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_string();
+        } else if let Some((key, value)) = line.split_once(" = ") {
+            if !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                keys.push((section.clone(), key.to_string(), value.to_string()));
+            }
+        }
+    }
+    keys
+}
+
+#[test]
+fn packaged_example_asks_for_the_repository_and_nothing_else() {
+    // As installed, every key is commented out: the agent refuses to start
+    // (exit 78) until image.repository is set, and says so.
+    let e = err(&[("/etc/gpu-agent/agent.toml", PACKAGED_EXAMPLE)]);
+    assert!(e.contains("`image.repository` is required"), "{e}");
+
+    // Uncommenting that one line is enough, and everything else is the default.
+    let text = packaged_with_repository();
+    let s = load(&[("/etc/gpu-agent/agent.toml", &text)]).unwrap();
+    assert_eq!(s.image.name.to_string(), "ghcr.io/acme/worker");
+    assert!(matches!(&s.image.policy, crate::registry::Policy::Tag(t) if t == "latest"));
+    assert_eq!(s.image.poll_interval, Duration::from_secs(300));
+    assert_eq!(s.agent.state_dir, PathBuf::from("/var/lib/gpu-agent"));
+    assert_eq!(
+        s.agent.control_socket,
+        PathBuf::from(DEFAULT_CONTROL_SOCKET)
+    );
+    assert_eq!(s.agent.metrics_listen, None);
+    assert_eq!(s.agent.stop_budget, Duration::from_secs(60));
+    assert_eq!(s.worker.name, "gpu-worker");
+    assert_eq!(s.worker.gpus, Gpus::All);
+    assert_eq!(s.worker.stop_timeout, Duration::from_secs(30));
+    assert!(s.worker.drain.http.is_none());
+    assert!(s.gpu.check && s.gpu.drain_on_fault);
+    assert!(s.hub.is_none());
+}
+
+#[test]
+fn packaged_example_values_are_valid_one_by_one() {
+    for (section, key, value) in packaged_keys() {
+        // What each key needs beside it to load: the repository, and a hub url.
+        let mut text = String::from("[image]\nrepository = \"ghcr.io/acme/worker\"\n");
+        match (section.as_str(), key.as_str()) {
+            ("image", "repository") => {}
+            ("image", _) => text.push_str(&format!("{key} = {value}\n")),
+            ("hub", k) if k != "url" => text.push_str(&format!(
+                "[hub]\nurl = \"https://hub.example.com\"\n{key} = {value}\n"
+            )),
+            _ => text.push_str(&format!("[{section}]\n{key} = {value}\n")),
+        }
+        if let Err(e) = load(&[("/etc/gpu-agent/agent.toml", &text)]) {
+            panic!("packaging/agent.toml: `{section}.{key} = {value}` does not load: {e}");
+        }
+    }
+}
+
+#[test]
+fn packaged_example_shows_every_key() {
+    // The tables of fragments.rs and where they sit in the file.
+    let tables = [
+        ("Fragment", ""),
+        ("AgentFragment", "agent"),
+        ("DockerFragment", "docker"),
+        ("ImageFragment", "image"),
+        ("WorkerFragment", "worker"),
+        ("HealthFragment", "worker.health"),
+        ("DrainFragment", "worker.drain"),
+        ("GpuFragment", "gpu"),
+        ("HubFragment", "hub"),
+    ];
+    let shown = packaged_keys();
+    let headers: Vec<String> = PACKAGED_EXAMPLE
+        .lines()
+        .map(|l| l.trim_start_matches('#').trim())
+        .filter_map(|l| l.strip_prefix('[').and_then(|l| l.strip_suffix(']')))
+        .map(str::to_string)
+        .collect();
+    let mut table = None;
+    let mut checked = 0;
+    for line in include_str!("fragments.rs").lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("pub struct ") {
+            let name = rest.trim_end_matches(" {").trim();
+            let found = tables.iter().find(|(t, _)| *t == name);
+            table = Some(found.unwrap_or_else(|| {
+                panic!("fragments.rs has a new table {name}: add it to this test and to packaging/agent.toml")
+            }).1);
+            continue;
+        }
+        if line == "}" {
+            table = None;
+            continue;
+        }
+        let (Some(section), Some(field)) = (table, line.strip_prefix("pub ")) else {
+            continue;
+        };
+        let Some((key, ty)) = field.split_once(": Option<") else {
+            continue;
+        };
+        let ty = ty.trim_end_matches(">,");
+        let nested = tables.iter().any(|(t, _)| *t == ty);
+        let dotted = if section.is_empty() {
+            key.to_string()
+        } else {
+            format!("{section}.{key}")
+        };
+        if nested {
+            assert!(
+                headers.contains(&dotted),
+                "packaging/agent.toml has no [{dotted}] table"
+            );
+        } else {
+            assert!(
+                shown.iter().any(|(s, k, _)| s == section && k == key),
+                "packaging/agent.toml does not show `{dotted}`"
+            );
+        }
+        checked += 1;
+    }
+    // Every field was seen (a change of layout in fragments.rs fails here, not silently).
+    assert!(
+        checked >= 40,
+        "only {checked} fields of fragments.rs were read"
+    );
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Builds the Debian package: target/debian/gpu-agent_<version>-1_<arch>.deb.
+#
+#   scripts/build-deb.sh [CARGO DEB ARGS...]     e.g. --deb-revision 2
+#
+# Installs cargo-deb (cargo install --locked) when it is missing, then runs
+# `cargo deb -p gpu-agent`, which makes a release build of gpu-agent and
+# agentctl and packs them with the unit (systemd/gpu-agent.service), the
+# commented config (packaging/agent.toml, a conffile) and the maintainer
+# scripts (packaging/debian/). The metadata is in agent/Cargo.toml,
+# [package.metadata.deb]. Install with: apt install ./target/debian/gpu-agent_*.deb
+#
+# Environment: CARGO_TARGET_DIR as for cargo (the .deb lands in its debian/).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+if ! cargo deb --version >/dev/null 2>&1; then
+    echo "==> installing cargo-deb (cargo install cargo-deb --locked)"
+    cargo install cargo-deb --locked
+fi
+
+echo "==> cargo deb -p gpu-agent"
+cargo deb -p gpu-agent "$@"
+
+deb="$(ls -t "${CARGO_TARGET_DIR:-target}"/debian/gpu-agent_*.deb | head -n 1)"
+echo "==> $deb"
+dpkg-deb --info "$deb"
+dpkg-deb --contents "$deb"
