@@ -43,6 +43,12 @@ enum Command {
     },
     /// Print the version.
     Version,
+    /// Write the man pages of gpu-agent into a folder (for packaging).
+    #[command(hide = true)]
+    Man {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 fn init_logging(verbose: u8) {
@@ -70,6 +76,21 @@ fn main() -> ExitCode {
         Command::Version => {
             println!("gpu-agent {}", env!("CARGO_PKG_VERSION"));
             Exit::Ok
+        }
+        Command::Man { out } => {
+            use clap::CommandFactory;
+            match gpu_agent::cli::docs::write_man_pages(Cli::command(), &out) {
+                Ok(written) => {
+                    for p in written {
+                        println!("{}", p.display());
+                    }
+                    Exit::Ok
+                }
+                Err(e) => {
+                    eprintln!("gpu-agent: writing man pages into {}: {e}", out.display());
+                    Exit::Failure
+                }
+            }
         }
         Command::CheckConfig { config } => match config::load(&config) {
             Ok(s) => {

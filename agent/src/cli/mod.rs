@@ -8,6 +8,7 @@
 
 pub mod check;
 pub mod client;
+pub mod docs;
 pub mod drain;
 pub mod health;
 pub mod history;
@@ -135,6 +136,11 @@ pub enum Command {
     Drain(drain::Args),
     Undrain(undrain::Args),
     History(history::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(docs::CompletionsArgs),
+    /// Write the man pages of agentctl and its commands into a folder (for packaging).
+    #[command(hide = true)]
+    Man(docs::ManArgs),
 }
 
 /// Runs one parsed command line and prints its outcome; returns the exit code.
@@ -150,6 +156,12 @@ pub fn run(cli: Cli) -> Exit {
         }
     };
     let out = Output::new(cli.global.json);
+    // These need no agent.
+    match &cli.command {
+        Command::Completions(a) => return docs::completions(a),
+        Command::Man(a) => return docs::man(a),
+        _ => {}
+    }
     match rt.block_on(dispatch(cli, out)) {
         Ok(code) => code,
         Err(e) => {
@@ -172,6 +184,7 @@ async fn dispatch(cli: Cli, out: Output) -> Result<Exit, CliError> {
         Command::Undrain(a) => undrain::run(a, &client, out).await,
         Command::Health(a) => health::run(a, &client, out).await,
         Command::History(a) => history::run(a, &client, out).await,
+        Command::Completions(_) | Command::Man(_) => Ok(Exit::Ok),
     }
 }
 
