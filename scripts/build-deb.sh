@@ -27,7 +27,7 @@ target="${CARGO_TARGET_DIR:-target}"
 
 # Man pages and completions come from the binaries' own clap definitions.
 echo "==> man pages and shell completions"
-assets="$target/assets"
+assets=target/assets # where agent/Cargo.toml's assets expect them, whatever CARGO_TARGET_DIR says
 rm -rf "$assets" && mkdir -p "$assets/man" "$assets/completions"
 "$target/release/gpu-agent" man --out "$assets/man" >/dev/null
 "$target/release/agentctl" man --out "$assets/man" >/dev/null
