@@ -48,7 +48,7 @@ impl<E: Engine> Checker<E> {
         let worker = self.worker(&settings, view).await;
         let gpu = match &self.gpu {
             Some(g) => gpu_now(g.clone(), &settings, view.state.gpu_hold.as_deref()).await,
-            None => gpu_part(&settings),
+            None => gpu_off(),
         };
         let hub = hub_part(&settings);
         let verdict = if worker.verdict == "drained" {
@@ -169,7 +169,7 @@ fn judge(c: &Container, http: Option<&Probe>, drained: bool) -> (&'static str, O
 }
 
 /// Without a probe: GPU checks are off.
-fn gpu_part(_settings: &Settings) -> PartHealth {
+fn gpu_off() -> PartHealth {
     PartHealth {
         verdict: "not_configured".into(),
         detail: "gpu.check is off (or worker.gpus = \"none\")".into(),
@@ -209,11 +209,9 @@ const RECENT_XIDS: usize = 20;
 /// The GPUs read now through NVML, judged against the config: per GPU the
 /// readings and problems with their recommended actions, and the latest XIDs.
 async fn gpu_now(probe: Arc<dyn GpuProbe>, settings: &Settings, hold: Option<&str>) -> PartHealth {
-    let p = probe.clone();
-    let snap = tokio::task::spawn_blocking(move || p.snapshot()).await;
-    let snap = match snap {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
+    let snap = match crate::gpu::read(probe.clone()).await {
+        Ok(s) => s,
+        Err(e) => {
             crate::metrics::global().gpus_unreadable();
             return PartHealth {
                 verdict: if e.is_no_driver() {
@@ -226,21 +224,11 @@ async fn gpu_now(probe: Arc<dyn GpuProbe>, settings: &Settings, hold: Option<&st
                 data: serde_json::Value::Null,
             };
         }
-        Err(e) => {
-            return PartHealth {
-                verdict: "unknown".into(),
-                detail: e.to_string(),
-                data: serde_json::Value::Null,
-            }
-        }
     };
     let mut xids = probe.xids_since(0);
     let skip = xids.len().saturating_sub(RECENT_XIDS);
     xids.drain(..skip);
-    let limits = crate::gpu::Limits {
-        expected_count: settings.gpu.expected_count,
-        max_temperature_c: settings.gpu.max_temperature_c,
-    };
+    let limits = crate::gpu::Limits::of(&settings.gpu);
     // The readings decide now; past XIDs weigh through the updater's hold
     // (which an operator lifts), and are listed.
     let mut a = crate::gpu::assess(&snap, &limits, &[]);

@@ -25,10 +25,6 @@ fn drain_table(s: &Setup, timeout: &str) -> String {
     )
 }
 
-fn status(r: &Run) -> Value {
-    r.json()
-}
-
 fn events(s: &Setup) -> Vec<String> {
     s.events().into_iter().map(|(_, _, e)| e).collect()
 }
@@ -60,7 +56,7 @@ async fn drain_waits_for_jobs_stops_the_worker_holds_updates_and_survives_a_rest
         idle.is_some() && idle < term,
         "in-flight jobs finished before the stop: {ev:?}"
     );
-    let st = status(&ctl(&s, &["status", "--json"]).await);
+    let st = ctl(&s, &["status", "--json"]).await.json();
     assert_eq!(st["drained"], true);
     assert_eq!(st["phase"], "drained");
     assert_eq!(st["drain_reason"], "kernel upgrade");
@@ -84,7 +80,7 @@ async fn drain_waits_for_jobs_stops_the_worker_holds_updates_and_survives_a_rest
     agent.wait_log("control socket ready").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(s.running().await.is_none(), "{}", agent.log());
-    let st = status(&ctl(&s, &["status", "--json"]).await);
+    let st = ctl(&s, &["status", "--json"]).await.json();
     assert_eq!(
         (st["drained"].clone(), st["phase"].clone()),
         (Value::Bool(true), "drained".into())
@@ -148,7 +144,7 @@ async fn a_drain_that_times_out_says_how_many_jobs_were_in_flight_and_keeps_the_
         events(&s).iter().any(|e| e == "undrain"),
         "it got its jobs back"
     );
-    let st = status(&ctl(&s, &["status", "--json"]).await);
+    let st = ctl(&s, &["status", "--json"]).await.json();
     assert_eq!(st["drained"], false);
     let r = ctl(&s, &["drain", "--timeout", "soon"]).await;
     r.expect(2);
@@ -167,7 +163,7 @@ async fn undrain_during_a_drain_cancels_it() {
     s.wait_history(&v1, "success", &agent).await;
     ctl(&s, &["drain"]).await.expect(0);
     let draining = wait_for(WAIT, || async {
-        let st = status(&ctl(&s, &["status", "--json"]).await);
+        let st = ctl(&s, &["status", "--json"]).await.json();
         (st["phase"] == "draining").then_some(())
     })
     .await;
@@ -175,7 +171,7 @@ async fn undrain_during_a_drain_cancels_it() {
     let r = ctl(&s, &["undrain", "--json"]).await;
     r.expect(0);
     let back = wait_for(WAIT, || async {
-        let st = status(&ctl(&s, &["status", "--json"]).await);
+        let st = ctl(&s, &["status", "--json"]).await.json();
         (st["phase"] == "idle" && st["drained"] == false).then_some(())
     })
     .await;
@@ -220,7 +216,7 @@ async fn rollback_goes_back_one_good_digest_and_polling_does_not_bring_the_other
         s.running().await.unwrap().digest.as_deref(),
         Some(v1.as_str())
     );
-    let st = status(&ctl(&s, &["status", "--json"]).await);
+    let st = ctl(&s, &["status", "--json"]).await.json();
     assert_eq!(st["current_digest"], v1);
     assert!(
         st["bad_digests"]
@@ -257,7 +253,7 @@ async fn pin_holds_a_tag_or_digest_clears_its_bad_mark_and_unpin_releases_it() {
     r.expect(0);
     assert_eq!(r.json()["digest"], v2, "{r:#?}");
     s.wait_running(&v2, "v2", &agent).await;
-    let st = status(&ctl(&s, &["status", "--json"]).await);
+    let st = ctl(&s, &["status", "--json"]).await.json();
     assert_eq!(
         (st["pinned"].as_str(), st["pinned_digest"].as_str()),
         (Some("candidate"), Some(v2.as_str()))
@@ -280,7 +276,7 @@ async fn pin_holds_a_tag_or_digest_clears_its_bad_mark_and_unpin_releases_it() {
     r.expect(1);
     assert_eq!(r.json()["outcome"], "rolled_back");
     assert!(s.is_marked_bad(&bad));
-    let st = status(&ctl(&s, &["status", "--json"]).await);
+    let st = ctl(&s, &["status", "--json"]).await.json();
     assert_eq!(
         st["pinned"], "candidate",
         "a failed pin keeps the earlier one"

@@ -147,43 +147,6 @@ struct Rule {
     while_running: Option<String>,
 }
 
-fn copy(e: &EngineError) -> EngineError {
-    match e {
-        EngineError::Unreachable { host, message } => EngineError::Unreachable {
-            host: host.clone(),
-            message: message.clone(),
-        },
-        EngineError::Pull { image, message } => EngineError::Pull {
-            image: image.clone(),
-            message: message.clone(),
-        },
-        EngineError::PullStalled { image, secs } => EngineError::PullStalled {
-            image: image.clone(),
-            secs: *secs,
-        },
-        EngineError::Call {
-            op,
-            target,
-            message,
-            status,
-        } => EngineError::Call {
-            op,
-            target: target.clone(),
-            message: message.clone(),
-            status: *status,
-        },
-        EngineError::Timeout { op, target, secs } => EngineError::Timeout {
-            op,
-            target: target.clone(),
-            secs: *secs,
-        },
-        EngineError::GpuUnavailable { target, message } => EngineError::GpuUnavailable {
-            target: target.clone(),
-            message: message.clone(),
-        },
-    }
-}
-
 fn op_name(op: &str) -> &'static str {
     OPS.iter()
         .find(|o| **o == op)
@@ -229,7 +192,7 @@ impl Inner {
                     .as_deref()
                     .is_none_or(|d| self.digest_running(d))
         })?;
-        let error = copy(&self.rules[i].error);
+        let error = self.rules[i].error.clone();
         if let Some(left) = self.rules[i].left.as_mut() {
             *left -= 1;
             if *left == 0 {

@@ -54,7 +54,7 @@ pub struct Container {
     pub error: Option<String>,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
     #[error("cannot reach the docker engine at {host}: {message} (is dockerd running, and may this user use its socket?)")]
     Unreachable { host: String, message: String },

@@ -185,6 +185,18 @@ pub trait GpuProbe: Send + Sync + 'static {
     fn last_xid_seq(&self) -> u64;
 }
 
+/// Reads every GPU now on a blocking thread (NVML calls block), for async callers.
+pub async fn read(probe: std::sync::Arc<dyn GpuProbe>) -> Result<Snapshot, GpuError> {
+    tokio::task::spawn_blocking(move || probe.snapshot())
+        .await
+        .unwrap_or_else(|e| {
+            Err(GpuError::Nvml {
+                call: "snapshot",
+                message: e.to_string(),
+            })
+        })
+}
+
 /// "GPU 1 (GPU-…)": how every message names a GPU.
 pub fn gpu_label(index: u32, uuid: &str) -> String {
     format!("GPU {index} ({uuid})")

@@ -353,17 +353,7 @@ impl<E: Engine> Updater<E> {
 
     /// Reads the GPUs on a blocking thread.
     async fn gpu_snapshot(&self) -> Option<Result<Snapshot, gpu::GpuError>> {
-        let g = self.gpu.clone()?;
-        Some(
-            tokio::task::spawn_blocking(move || g.snapshot())
-                .await
-                .unwrap_or_else(|e| {
-                    Err(gpu::GpuError::Nvml {
-                        call: "snapshot",
-                        message: e.to_string(),
-                    })
-                }),
-        )
+        Some(gpu::read(self.gpu.clone()?).await)
     }
 
     /// Whether an XID concerns the GPUs the worker is given.
@@ -377,13 +367,6 @@ impl<E: Engine> Updater<E> {
                 x.gpu_uuid.as_deref() == Some(id.as_str())
                     || x.gpu_index.is_some_and(|i| i.to_string() == *id)
             }),
-        }
-    }
-
-    fn limits(&self) -> gpu::Limits {
-        gpu::Limits {
-            expected_count: self.settings.gpu.expected_count,
-            max_temperature_c: self.settings.gpu.max_temperature_c,
         }
     }
 
@@ -426,7 +409,7 @@ impl<E: Engine> Updater<E> {
             .into_iter()
             .filter(|x| x.seq <= upto && self.on_worker_gpus(x))
             .collect();
-        let a = gpu::assess(&snap, &self.limits(), &xids);
+        let a = gpu::assess(&snap, &gpu::Limits::of(&self.settings.gpu), &xids);
         crate::metrics::global().observe_gpus(&snap, &a);
         if !a.healthy {
             let why: Vec<&str> = a

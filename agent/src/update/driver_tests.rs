@@ -1121,6 +1121,21 @@ fn with_gpus() -> (Harness, String, Arc<crate::gpu::fake::FakeGpu>) {
     (h, old, gpu)
 }
 
+/// The driver reports `xids` (code, GPU index) just before the next `op` on the engine.
+fn xids_before(
+    h: &Harness,
+    gpu: &Arc<crate::gpu::fake::FakeGpu>,
+    op: &'static str,
+    xids: &[(u64, u32)],
+) {
+    let (g, xids) = (gpu.clone(), xids.to_vec());
+    h.fake.before_next(op, move |_| {
+        for (code, index) in xids {
+            g.push_xid(code, Some(index));
+        }
+    });
+}
+
 #[tokio::test]
 async fn the_gpu_preflight_blocks_an_update_before_pull_or_drain_and_says_why() {
     let (mut h, _, gpu) = with_gpus();
@@ -1187,10 +1202,7 @@ async fn a_hardware_xid_since_the_last_good_check_holds_updates_until_an_operato
 #[tokio::test]
 async fn an_application_xid_from_the_new_worker_rolls_back_and_marks_it_bad() {
     let (mut h, old, gpu) = with_gpus();
-    let g = gpu.clone();
-    h.fake.before_next("start", move |_| {
-        g.push_xid(13, Some(1));
-    });
+    xids_before(&h, &gpu, "start", &[(13, 1)]);
     let out = h.up.update_to(V2, Trigger::Poll).await.unwrap();
     let error = assert_rolled_back(&h, out, &old, true);
     assert!(
@@ -1202,10 +1214,7 @@ async fn an_application_xid_from_the_new_worker_rolls_back_and_marks_it_bad() {
 #[tokio::test]
 async fn a_hardware_xid_during_verification_is_not_blamed_and_drains_the_worker() {
     let (mut h, old, gpu) = with_gpus();
-    let g = gpu.clone();
-    h.fake.before_next("start", move |_| {
-        g.push_xid(79, Some(0));
-    });
+    xids_before(&h, &gpu, "start", &[(79, 0)]);
     let out = h.up.update_to(V2, Trigger::Poll).await.unwrap();
     let CheckOutcome::RolledBack { error, .. } = &out else {
         panic!("{out:?}")
@@ -1304,12 +1313,8 @@ async fn a_gpu_fault_hold_is_saved_and_only_an_operator_lifts_it() {
 #[tokio::test]
 async fn the_old_workers_dying_xids_are_not_held_against_the_new_image() {
     let (mut h, _, gpu) = with_gpus();
-    let g = gpu.clone();
     // The old worker is killed mid-job: the driver reports 43 and 45 as it stops.
-    h.fake.before_next("stop", move |_| {
-        g.push_xid(43, Some(0));
-        g.push_xid(45, Some(0));
-    });
+    xids_before(&h, &gpu, "stop", &[(43, 0), (45, 0)]);
     assert_eq!(
         h.up.update_to(V2, Trigger::Poll).await.unwrap(),
         CheckOutcome::Updated(V2.into())
@@ -1319,20 +1324,13 @@ async fn the_old_workers_dying_xids_are_not_held_against_the_new_image() {
 #[tokio::test]
 async fn with_an_application_and_a_hardware_xid_the_hardware_fault_decides() {
     let (mut h, _, gpu) = with_gpus();
-    let g = gpu.clone();
-    h.fake.before_next("start", move |_| {
-        g.push_xid(13, Some(0));
-        g.push_xid(79, Some(0));
-    });
+    xids_before(&h, &gpu, "start", &[(13, 0), (79, 0)]);
     let out = h.up.update_to(V2, Trigger::Poll).await.unwrap();
     assert!(matches!(out, CheckOutcome::RolledBack { .. }), "{out:?}");
     assert!(!h.saved().is_bad(V2), "a hardware fault is not the image's");
     // XID 45 alone (a cleanup after a kill) blames nothing either.
     let (mut h, _, gpu) = with_gpus();
-    let g = gpu.clone();
-    h.fake.before_next("start", move |_| {
-        g.push_xid(45, Some(0));
-    });
+    xids_before(&h, &gpu, "start", &[(45, 0)]);
     assert_eq!(
         h.up.update_to(V2, Trigger::Poll).await.unwrap(),
         CheckOutcome::Updated(V2.into())
@@ -1342,10 +1340,7 @@ async fn with_an_application_and_a_hardware_xid_the_hardware_fault_decides() {
 #[tokio::test]
 async fn a_hardware_xid_during_the_drain_keeps_the_old_worker() {
     let (mut h, _, gpu) = with_gpus();
-    let g = gpu.clone();
-    h.fake.before_next("create", move |_| {
-        g.push_xid(79, Some(1));
-    });
+    xids_before(&h, &gpu, "create", &[(79, 1)]);
     let out = h.up.update_to(V2, Trigger::Poll).await.unwrap();
     assert!(
         matches!(&out, CheckOutcome::Aborted(m) if m.contains("XID 79")),
