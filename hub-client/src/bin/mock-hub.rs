@@ -1,0 +1,2 @@
+//! mock-hub binary (to be written).
+fn main() {}

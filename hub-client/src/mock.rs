@@ -1,0 +1,1 @@
+//! The mock hub (to be written).
