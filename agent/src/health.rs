@@ -3,8 +3,8 @@
 //! and the hub. It runs beside the update loop, never through it, so it
 //! answers during an update too.
 //!
-//! The GPU part (NVML) and the hub part are filled in by their subsystems;
-//! until then they say plainly that they are not checked.
+//! The GPU part reads NVML; the hub part asks the hub what it sees of the
+//! worker (`GET /v1/workers/{id}`) and says how the event stream is.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,6 +18,7 @@ use crate::control::api::{Health, PartHealth, Probe, WorkerHealth};
 use crate::control::HealthSource;
 use crate::docker::{Container, Engine, HealthState};
 use crate::gpu::GpuProbe;
+use crate::hub::Hub;
 use crate::update::View;
 use crate::worker::WorkerClient;
 
@@ -27,6 +28,7 @@ pub struct Checker<E: Engine> {
     probe: WorkerClient,
     settings: watch::Receiver<Arc<Settings>>,
     gpu: Option<Arc<dyn GpuProbe>>,
+    hub: Option<Arc<Hub>>,
 }
 
 impl<E: Engine> Checker<E> {
@@ -40,7 +42,14 @@ impl<E: Engine> Checker<E> {
             probe: WorkerClient::new(),
             settings,
             gpu,
+            hub: None,
         }
+    }
+
+    /// Asks the hub too (what it sees of the worker, and the event stream).
+    pub fn with_hub(mut self, hub: Option<Arc<Hub>>) -> Self {
+        self.hub = hub;
+        self
     }
 
     pub async fn check(&self, view: &View) -> Health {
@@ -50,7 +59,10 @@ impl<E: Engine> Checker<E> {
             Some(g) => gpu_now(g.clone(), &settings, view.state.gpu_hold.as_deref()).await,
             None => gpu_off(),
         };
-        let hub = hub_part(&settings);
+        let hub = match &self.hub {
+            Some(h) => hub_now(h, view).await,
+            None => hub_part(&settings),
+        };
         let verdict = if worker.verdict == "drained" {
             "drained"
         } else if worker.verdict == "healthy"
@@ -268,6 +280,69 @@ async fn gpu_now(probe: Arc<dyn GpuProbe>, settings: &Settings, hold: Option<&st
             "problems": a.problems,
             "xids": xids,
         }),
+    }
+}
+
+/// What the hub sees of the worker now, against what runs here.
+async fn hub_now(hub: &Hub, view: &View) -> PartHealth {
+    let asked = hub.worker().await;
+    let st = hub.status();
+    let current = view.state.current_digest.as_deref();
+    let (verdict, detail, seen) = match asked {
+        Err(e) => (
+            "unhealthy",
+            format!("the hub cannot be asked: {}", crate::error_chain(&e)),
+            serde_json::Value::Null,
+        ),
+        Ok(w) => {
+            let (verdict, detail) = if view.state.drained {
+                (
+                    "healthy",
+                    "the worker is drained for maintenance".to_string(),
+                )
+            } else if !w.registered {
+                (
+                    "degraded",
+                    "the hub sees no registered worker for this host".to_string(),
+                )
+            } else if current.is_some() && w.digest.as_deref() != current {
+                (
+                    "degraded",
+                    format!(
+                        "the hub sees the worker registered with {}, but {} runs",
+                        w.digest.as_deref().unwrap_or("no digest"),
+                        current.unwrap_or("-")
+                    ),
+                )
+            } else {
+                (
+                    "healthy",
+                    format!("registered; {} jobs in flight", w.in_flight),
+                )
+            };
+            (
+                verdict,
+                detail,
+                serde_json::to_value(&w).unwrap_or_default(),
+            )
+        }
+    };
+    let detail = if st.events == "connected" {
+        detail
+    } else {
+        format!(
+            "{detail}; event stream {}{}",
+            st.events,
+            st.events_error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        )
+    };
+    PartHealth {
+        verdict: verdict.into(),
+        detail,
+        data: serde_json::json!({"worker": seen, "hub": st}),
     }
 }
 

@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod docker;
 pub mod gpu;
 pub mod health;
+pub mod hub;
 pub mod metrics;
 pub mod registry;
 pub mod update;

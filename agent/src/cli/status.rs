@@ -70,7 +70,33 @@ pub fn render(s: &Status, now: OffsetDateTime) -> String {
             .as_ref()
             .map_or_else(|| "none in progress".into(), |p| pending(p, now)),
     ));
+    if let Some(h) = &s.hub {
+        rows.push(("hub", hub(h)));
+    }
     key_values(&rows)
+}
+
+/// `https://hub (desired digests, events connected): sha256:… wanted; last error: …`.
+fn hub(h: &crate::hub::HubStatus) -> String {
+    let mut line = format!(
+        "{} ({}events {})",
+        h.url,
+        if h.desired_from_hub {
+            "decides the digest; "
+        } else {
+            ""
+        },
+        h.events
+    );
+    if let Some(d) = &h.desired {
+        line.push_str(&format!("; wants {d}"));
+    }
+    match (&h.last_error, &h.events_error) {
+        (Some(e), _) => line.push_str(&format!("; last error: {e}")),
+        (None, Some(e)) => line.push_str(&format!("; event stream: {e}")),
+        (None, None) => {}
+    }
+    line
 }
 
 /// `yes since … (4m ago): reason (updates are held until agentctl undrain)`.
@@ -161,6 +187,7 @@ mod tests {
             drain_reason: None,
             drained_at: None,
             pinned_digest: None,
+            hub: None,
         };
         let text = render(&s, now);
         let expected = format!(
@@ -202,6 +229,7 @@ update:       aaaaaaaaaaaa → cccccccccccc, step draining, trigger cli, started
             drain_reason: None,
             drained_at: None,
             pinned_digest: None,
+            hub: None,
         };
         let text = render(&s, datetime!(2026-11-22 07:15:23 UTC));
         for line in [
@@ -236,6 +264,7 @@ update:       aaaaaaaaaaaa → cccccccccccc, step draining, trigger cli, started
             drain_reason: Some("driver upgrade".into()),
             drained_at: Some("2026-11-22T07:11:23Z".into()),
             pinned_digest: Some(digest('a')),
+            hub: None,
         };
         let text = render(&s, datetime!(2026-11-22 07:15:23 UTC));
         let drained = "drained:      yes since 2026-11-22T07:11:23Z (4m ago): driver upgrade \

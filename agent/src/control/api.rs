@@ -54,6 +54,9 @@ pub struct Status {
     /// `pinned` for a digest pin).
     #[serde(default)]
     pub pinned_digest: Option<String>,
+    /// What the agent knows of the hub (`null` without `[hub]`).
+    #[serde(default)]
+    pub hub: Option<crate::hub::HubStatus>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

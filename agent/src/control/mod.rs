@@ -9,4 +9,4 @@
 pub mod api;
 mod server;
 
-pub use server::{bind, serve, Action, ControlError, ControlState, HealthSource, Job};
+pub use server::{bind, serve, status_of, Action, ControlError, ControlState, HealthSource, Job};

@@ -113,6 +113,8 @@ pub struct ControlState {
     pub drain_cancel: Arc<AtomicBool>,
     /// Answers `agentctl health`.
     pub health: Arc<dyn HealthSource>,
+    /// The hub, with `[hub]` in the config.
+    pub hub: Option<Arc<crate::hub::Hub>>,
 }
 
 /// What answers `GET /v1/health`: it looks at the engine and probes the
@@ -197,7 +199,8 @@ fn rfc3339(t: Option<time::OffsetDateTime>) -> Option<String> {
     t.and_then(|t| t.format(&Rfc3339).ok())
 }
 
-fn status_of(settings: &Settings, v: &View) -> Status {
+/// The status object (`agentctl status --json`, and the hub's reports).
+pub fn status_of(settings: &Settings, v: &View, hub: Option<crate::hub::HubStatus>) -> Status {
     Status {
         agent_id: settings.agent.id.clone(),
         phase: v.phase.as_str().to_string(),
@@ -219,13 +222,15 @@ fn status_of(settings: &Settings, v: &View) -> Status {
         drain_reason: v.state.drain_reason.clone(),
         drained_at: rfc3339(v.state.drained_at),
         pinned_digest: v.state.pinned_digest.clone(),
+        hub,
     }
 }
 
 async fn status(State(s): State<ControlState>) -> Response {
     let v = s.view.borrow().clone();
     let settings = s.settings.borrow().clone();
-    Json(status_of(&settings, &v)).into_response()
+    let hub = s.hub.as_ref().map(|h| h.status());
+    Json(status_of(&settings, &v, hub)).into_response()
 }
 
 #[derive(Deserialize)]

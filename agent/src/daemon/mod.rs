@@ -74,13 +74,16 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
         return Ok(());
     };
     let gpu = start_gpu(&settings).await;
-    let checker = crate::health::Checker::new(engine.clone(), settings_rx.clone(), gpu.clone());
+    let hub = crate::hub::Hub::from_settings(&settings).context("setting up the hub client")?;
+    let checker = crate::health::Checker::new(engine.clone(), settings_rx.clone(), gpu.clone())
+        .with_hub(hub.clone());
     let mut updater = Updater::new(engine, registry, settings.clone(), shutdown.clone())
         .context("opening the state folder")?;
     updater.set_stop_token(stop_now);
     if let Some(g) = gpu {
         updater.set_gpu(g);
     }
+    updater.set_hub(hub.clone());
 
     // The control socket answers status at once; actions queue for the loop below.
     let (jobs_tx, mut jobs) = mpsc::channel::<Job>(8);
@@ -89,13 +92,14 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
     let control = tokio::spawn(control::serve(
         listener,
         ControlState {
-            settings: settings_rx,
+            settings: settings_rx.clone(),
             view: updater.watch(),
             jobs: jobs_tx,
             journal: updater.journal().clone(),
             busy: Default::default(),
             drain_cancel: updater.drain_cancel(),
             health: Arc::new(checker),
+            hub: hub.clone(),
         },
         shutdown.clone(),
     ));
@@ -128,6 +132,21 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
         }
     }
 
+    // The hub's event stream (nudges) and reporter run beside the loop.
+    let (nudge_tx, mut nudges) = mpsc::channel::<hub_client::Nudge>(64);
+    if let Some(h) = &hub {
+        info!(url = %h.settings().url, desired_from_hub = h.settings().desired_from_hub,
+              verify_registration = h.settings().verify_registration, "hub configured");
+        h.start(
+            updater.watch(),
+            settings_rx.clone(),
+            nudge_tx,
+            shutdown.clone(),
+        );
+    } else {
+        drop(nudge_tx);
+    }
+
     systemd::ready();
     let mut trigger = Trigger::Startup;
     failures = 0;
@@ -144,6 +163,7 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
             _ = watchdog.due() => Event::Watchdog,
             _ = hup.recv() => Event::Reload,
             Some(job) = jobs.recv() => Event::Job(job),
+            Some(nudge) = nudges.recv() => Event::Nudge(nudge),
         };
         match event {
             Event::Stop => break,
@@ -163,6 +183,25 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
                 }
             }
             Event::Job(job) => watchdog.alive(run_job(&mut updater, job)).await,
+            Event::Nudge(mut nudge) => {
+                // Nudges that queued up during an update are one check: the
+                // last one decides (a digest named by any later one wins).
+                while let Ok(n) = nudges.try_recv() {
+                    nudge = n;
+                }
+                if let Err(e) = watchdog.alive(updater.reconcile()).await {
+                    warn!(error = %crate::error_chain(&e), "could not reconcile the worker with the journal");
+                }
+                match watchdog.alive(updater.nudged(&nudge)).await {
+                    Ok(outcome) => log_outcome(&outcome),
+                    Err(e) => {
+                        error!(error = %crate::error_chain(&e), "check after a nudge failed; the worker is left as it is; the next poll tries again")
+                    }
+                }
+                if let Some(h) = &hub {
+                    h.heartbeat();
+                }
+            }
             Event::Tick => {
                 // Resume an update an error left midway, else make sure the worker runs.
                 if let Err(e) = watchdog.alive(updater.reconcile()).await {
@@ -184,6 +223,9 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
                     }
                 };
                 trigger = Trigger::Poll;
+                if let Some(h) = &hub {
+                    h.heartbeat();
+                }
                 deadline = tokio::time::Instant::now() + wait;
                 updater.set_next_check(Some(OffsetDateTime::now_utc() + wait));
             }
@@ -220,6 +262,8 @@ enum Event {
     Stop,
     /// systemd's watchdog wants its ping (the loop is alive to take it).
     Watchdog,
+    /// The hub asks for a check now (a digest, when the nudge names one).
+    Nudge(hub_client::Nudge),
 }
 
 /// Tells systemd what the agent does, on every phase change.

@@ -26,6 +26,7 @@ use super::machine::{Machine, Phase};
 use crate::config::{OnDrainTimeout, Settings, WorkerSettings};
 use crate::docker::{Container, Engine, EngineError, HealthState, WorkerSpec};
 use crate::gpu::{self, GpuProbe, Snapshot, Xid, XidClass};
+use crate::hub::Hub;
 use crate::registry::{RegistryClient, RegistryError};
 use crate::worker::WorkerClient;
 
@@ -39,6 +40,16 @@ const VERIFY_POLL_FAST: Duration = Duration::from_millis(100);
 const VERIFY_POLL_STABLE: Duration = Duration::from_millis(500);
 /// How often the drain endpoint is asked for the in-flight count.
 const DRAIN_POLL: Duration = Duration::from_millis(500);
+/// How often the hub is asked whether the new worker has registered.
+const REGISTRATION_POLL: Duration = Duration::from_millis(250);
+
+/// Where the in-flight count of a drain comes from.
+enum InFlightSource {
+    /// The worker's drain endpoint (`worker.drain.http`).
+    Worker(url::Url),
+    /// The hub's view of the worker, where it has no drain endpoint.
+    Hub(Arc<Hub>),
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpdateError {
@@ -187,6 +198,9 @@ pub struct Updater<E: Engine> {
     /// Cancelled when the stop budget after SIGTERM is spent: verification
     /// stops looking and leaves its step to the journal.
     stop_now: CancellationToken,
+    /// The hub, with `[hub]` in the config: desired digests, drain notices,
+    /// the registration check, reports.
+    hub: Option<Arc<Hub>>,
 }
 
 impl<E: Engine> Updater<E> {
@@ -231,7 +245,13 @@ impl<E: Engine> Updater<E> {
             seen_xid_seq: 0,
             gate_blocked: None,
             stop_now: CancellationToken::new(),
+            hub: None,
         })
+    }
+
+    /// The hub to follow, tell and report to.
+    pub fn set_hub(&mut self, hub: Option<Arc<Hub>>) {
+        self.hub = hub;
     }
 
     /// Takes a reloaded config: the registry policy applies from the next
@@ -608,6 +628,9 @@ impl<E: Engine> Updater<E> {
             .filter(|c| c.running || c.restarting)
             .collect();
         if !running.is_empty() {
+            let why = self.state.drain_reason.clone();
+            self.hub_drain(true, why.as_deref().unwrap_or("maintenance"))
+                .await;
             let drained = match self.drain(timeout).await {
                 // An undrain that came as the last job ended still wins.
                 Ok(()) if self.drain_cancel.swap(false, Ordering::SeqCst) => {
@@ -635,6 +658,7 @@ impl<E: Engine> Updater<E> {
                         warn!(error = %e, "could not tell the worker to take jobs again (DELETE on the drain endpoint)");
                     }
                 }
+                self.hub_drain(false, "maintenance drain aborted").await;
                 self.state.drained = false;
                 let why = self.state.drain_reason.take();
                 self.state.drained_at = None;
@@ -706,6 +730,7 @@ impl<E: Engine> Updater<E> {
         };
         match verified {
             Ok(()) => {
+                self.hub_drain(false, "undrained").await;
                 self.record_action(Kind::Undrain, Outcome::Success, Trigger::Cli, None, None);
                 self.last_error = None;
                 self.set_phase(Phase::Idle);
@@ -835,6 +860,9 @@ impl<E: Engine> Updater<E> {
         );
         if let Err(e) = self.journal.append(&entry) {
             error!(error = %e, "could not append to the history");
+        }
+        if let Some(hub) = &self.hub {
+            hub.report_event(&entry);
         }
     }
 
@@ -1088,6 +1116,20 @@ impl<E: Engine> Updater<E> {
             return Ok(CheckOutcome::Held("pinned"));
         }
         self.set_phase(Phase::Checking);
+        let from_hub = match self.hub_desired().await {
+            Ok(d) => d,
+            Err(msg) => {
+                self.last_check = Some(OffsetDateTime::now_utc());
+                warn!(error = %msg, "the hub's desired digest is refused; the worker is left as it is");
+                self.last_error = Some(msg.clone());
+                self.set_phase(Phase::Idle);
+                return Ok(CheckOutcome::Failed(msg));
+            }
+        };
+        if let Some(target) = from_hub {
+            self.last_check = Some(OffsetDateTime::now_utc());
+            return self.go_to(target, "hub", trigger).await;
+        }
         let resolved = tokio::select! {
             r = self.registry.resolve(&self.settings.image.name, &self.settings.image.policy) => r,
             _ = self.shutdown.cancelled() => {
@@ -1104,21 +1146,106 @@ impl<E: Engine> Updater<E> {
                 return Err(e.into());
             }
         };
-        let target = resolved.digest;
+        self.go_to(resolved.digest, &format!("tag {}", resolved.tag), trigger)
+            .await
+    }
+
+    /// A check found `target` (named by `source`: a tag, the hub, a nudge):
+    /// deploys it unless it runs already or is marked bad.
+    async fn go_to(
+        &mut self,
+        target: String,
+        source: &str,
+        trigger: Trigger,
+    ) -> Result<CheckOutcome, UpdateError> {
         if self.state.current_digest.as_deref() == Some(target.as_str()) {
-            debug!(tag = %resolved.tag, digest = %target, "up to date");
+            debug!(source, digest = %target, "up to date");
             self.last_error = self.state.gpu_hold.clone();
             self.set_phase(Phase::Idle);
             return Ok(CheckOutcome::UpToDate);
         }
         if self.state.is_bad(&target) {
-            debug!(tag = %resolved.tag, digest = %target, "target is marked bad; not trying it again");
+            debug!(source, digest = %target, "target is marked bad; not trying it again");
             self.set_phase(Phase::Idle);
             return Ok(CheckOutcome::SkippedBad(target));
         }
-        info!(tag = %resolved.tag, digest = %target, from = self.state.current_digest.as_deref().unwrap_or("-"),
+        info!(source, digest = %target, from = self.state.current_digest.as_deref().unwrap_or("-"),
               "new digest");
         self.update_to(&target, trigger).await
+    }
+
+    /// A nudge from the hub: check now; a nudge naming a digest means that
+    /// digest. Like a poll, it respects a drain, a pin and bad marks.
+    pub async fn nudged(&mut self, nudge: &hub_client::Nudge) -> Result<CheckOutcome, UpdateError> {
+        let Some(digest) = nudge.digest.clone() else {
+            return self.check(Trigger::Nudge).await;
+        };
+        self.gpu_fault_watch(Trigger::Nudge).await?;
+        if self.state.pending.is_some() {
+            self.reconcile().await?;
+        }
+        if self.state.drained {
+            return Ok(CheckOutcome::Held("drained"));
+        }
+        if self.state.pinned.is_some() {
+            return Ok(CheckOutcome::Held("pinned"));
+        }
+        self.last_check = Some(OffsetDateTime::now_utc());
+        self.go_to(digest, "nudge", Trigger::Nudge).await
+    }
+
+    /// With `hub.desired_from_hub`: the digest the hub wants now or, while it
+    /// cannot be asked, the one it named last. `Ok(None)`: follow the
+    /// registry (the hub answered 204, or was never heard). `Err`: the hub
+    /// named something the agent will not deploy.
+    async fn hub_desired(&mut self) -> Result<Option<String>, String> {
+        let Some(hub) = self.hub.clone().filter(|h| h.settings().desired_from_hub) else {
+            return Ok(None);
+        };
+        let asked = tokio::select! {
+            r = hub.desired() => r,
+            _ = self.shutdown.cancelled() => return Ok(None),
+        };
+        match asked {
+            Ok(Some(d)) => {
+                let same_repo = crate::registry::ImageName::parse(&d.repository)
+                    .is_ok_and(|n| n == self.settings.image.name);
+                if !same_repo {
+                    return Err(format!(
+                        "the hub asks for {}@{}, but this agent runs {} (image.repository); \
+                         not deploying it: fix the hub's answer or the config",
+                        d.repository, d.digest, self.settings.image.name
+                    ));
+                }
+                if self.state.hub_desired.as_deref() != Some(d.digest.as_str()) {
+                    self.state.hub_desired = Some(d.digest.clone());
+                    if let Err(e) = self.save() {
+                        warn!(error = %crate::error_chain(&e), "could not save the hub's desired digest");
+                    }
+                }
+                Ok(Some(d.digest))
+            }
+            Ok(None) => {
+                if self.state.hub_desired.take().is_some() {
+                    info!("the hub has no opinion now; following the registry");
+                    if let Err(e) = self.save() {
+                        warn!(error = %crate::error_chain(&e), "could not save the hub's desired digest");
+                    }
+                }
+                Ok(None)
+            }
+            Err(e) => {
+                match &self.state.hub_desired {
+                    Some(d) => {
+                        debug!(digest = %d, error = %e, "hub unreachable: following the digest it named last")
+                    }
+                    None => {
+                        debug!(error = %e, "hub unreachable and never named a digest: following the registry")
+                    }
+                }
+                Ok(self.state.hub_desired.clone())
+            }
+        }
     }
 
     /// Deploys `target` through pre-pull, drain, swap and verification.
@@ -1192,6 +1319,12 @@ impl<E: Engine> Updater<E> {
                 return Ok(CheckOutcome::Failed(why));
             }
         };
+        if let Err(why) = self.hub_preflight().await {
+            warn!(digest = %target, reason = %why, "update waits for the hub");
+            self.last_error = Some(why.clone());
+            self.set_phase(Phase::Idle);
+            return Ok(CheckOutcome::Failed(why));
+        }
         let p = Pending {
             from: self.state.current_digest.clone(),
             to: target.to_string(),
@@ -1262,6 +1395,7 @@ impl<E: Engine> Updater<E> {
         let old = self.primary_running().await?;
         if old.is_some() {
             self.set_step(Step::Draining)?;
+            self.hub_drain(true, &format!("update to {target}")).await;
             self.drain_cancel.store(false, Ordering::SeqCst);
             if let Err(reason) = self.drain(self.worker.drain.timeout).await {
                 self.abort_prepared(&p, reason.clone()).await?;
@@ -1319,7 +1453,10 @@ impl<E: Engine> Updater<E> {
             Ok(xid_base) => {
                 failpoint::hit("after-start").await;
                 self.set_step(Step::Verifying)?;
-                self.verify_primary(Some(xid_base)).await
+                match self.verify_primary(Some(xid_base)).await {
+                    Ok(at) => self.verify_registration(&p.to).await.map(|()| at),
+                    Err(f) => Err(f),
+                }
             }
             Err(e) => {
                 if matches!(&e, UpdateError::Engine(x) if x.is_gpu_unavailable()) {
@@ -1352,6 +1489,8 @@ impl<E: Engine> Updater<E> {
                 self.last_error = None;
                 self.set_phase(Phase::Idle);
                 self.cleanup_after_commit().await;
+                self.hub_drain(false, &format!("{} is verified", p.to))
+                    .await;
                 Ok(CheckOutcome::Updated(p.to.clone()))
             }
             Err(f) if f.blame == Blame::Stopped => {
@@ -1361,10 +1500,15 @@ impl<E: Engine> Updater<E> {
             Err(f) if f.blame == Blame::GpuFault => {
                 let reason = f.error.clone();
                 let out = self.rollback(p, f, Some(t0)).await?;
+                self.hub_drain(false, "rolled back").await;
                 self.hold_for_gpu_fault(&reason, p.trigger).await?;
                 Ok(out)
             }
-            Err(f) => self.rollback(p, f, Some(t0)).await,
+            Err(f) => {
+                let out = self.rollback(p, f, Some(t0)).await?;
+                self.hub_drain(false, "rolled back").await;
+                Ok(out)
+            }
         }
     }
 
@@ -1412,17 +1556,39 @@ impl<E: Engine> Updater<E> {
     }
 
     /// Asks the old worker to stop taking jobs and waits for its in-flight jobs.
-    /// `Err` means: keep the old worker (the reason is given).
+    /// `Err` means: keep the old worker (the reason is given). The count comes
+    /// from the worker's drain endpoint or, where it has none, from the hub
+    /// (`in_flight` of `GET /v1/workers/{id}`); with neither, SIGTERM with
+    /// `stop_timeout` is the drain.
     async fn drain(&self, timeout: Duration) -> Result<(), String> {
-        let Some(url) = self.worker.drain.http.clone() else {
-            // Without a drain endpoint, SIGTERM with stop_timeout is the drain.
-            return Ok(());
+        let source = match (&self.worker.drain.http, &self.hub) {
+            (Some(url), _) => InFlightSource::Worker(url.clone()),
+            (None, Some(hub)) => InFlightSource::Hub(hub.clone()),
+            (None, None) => return Ok(()),
         };
         let deadline = Instant::now() + timeout;
         let proceed = self.worker.drain.on_timeout == OnDrainTimeout::Proceed;
-        info!(url = %url, timeout = ?timeout, "draining the worker");
-        if let Err(e) = self.probe.drain_start(&url).await {
-            let msg = format!("could not start draining: {e}");
+        let started = match &source {
+            InFlightSource::Worker(url) => {
+                info!(url = %url, timeout = ?timeout, "draining the worker");
+                self.probe
+                    .drain_start(url)
+                    .await
+                    .map_err(|e| format!("could not start draining: {e}"))
+            }
+            // The hub was told already; its first answer must come, or the
+            // agent cannot know what a stop would kill.
+            InFlightSource::Hub(hub) => {
+                info!(timeout = ?timeout, "waiting for the worker's in-flight jobs as the hub counts them (no worker.drain.http)");
+                hub.worker().await.map(|_| ()).map_err(|e| {
+                    format!(
+                        "could not learn the in-flight jobs from the hub: {}",
+                        crate::error_chain(&e)
+                    )
+                })
+            }
+        };
+        if let Err(msg) = started {
             if proceed {
                 warn!(error = %msg, "drain.on_timeout = proceed: swapping anyway");
                 return Ok(());
@@ -1431,7 +1597,17 @@ impl<E: Engine> Updater<E> {
         }
         let mut last = None;
         loop {
-            match self.probe.in_flight(&url).await {
+            let count = match &source {
+                InFlightSource::Worker(url) => {
+                    self.probe.in_flight(url).await.map_err(|e| e.to_string())
+                }
+                InFlightSource::Hub(hub) => hub
+                    .worker()
+                    .await
+                    .map(|w| w.in_flight)
+                    .map_err(|e| crate::error_chain(&e)),
+            };
+            match count {
                 Ok(0) => {
                     info!("worker drained");
                     return Ok(());
@@ -1442,7 +1618,7 @@ impl<E: Engine> Updater<E> {
                     }
                     last = Some(n);
                 }
-                Err(e) => warn!(error = %e, "drain endpoint"),
+                Err(e) => warn!(error = %e, "in-flight jobs"),
             }
             if Instant::now() >= deadline {
                 let msg = format!(
@@ -1468,9 +1644,95 @@ impl<E: Engine> Updater<E> {
         }
     }
 
+    /// Tells the hub to stop or resume sending jobs (best effort: a hub that
+    /// does not answer is logged and the update goes on).
+    async fn hub_drain(&self, draining: bool, reason: &str) {
+        if let Some(hub) = &self.hub {
+            let _ = hub.drain_notice(draining, reason).await;
+        }
+    }
+
+    /// With `hub.verify_registration`, an update starts only while the hub
+    /// answers: a new worker it cannot verify would be rolled back anyway.
+    async fn hub_preflight(&self) -> Result<(), String> {
+        let Some(hub) = self
+            .hub
+            .as_ref()
+            .filter(|h| h.settings().verify_registration)
+        else {
+            return Ok(());
+        };
+        hub.worker().await.map(|_| ()).map_err(|e| {
+            format!(
+                "the hub cannot be asked, and hub.verify_registration needs it to verify the new worker; \
+                 the update waits and the worker is left as it is: {}",
+                crate::error_chain(&e)
+            )
+        })
+    }
+
+    /// With `hub.verify_registration`: the hub must show the worker
+    /// registered with `digest` within `hub.registration_timeout`. A hub
+    /// that answers but never sees it blames the image; a hub that never
+    /// answers blames nothing.
+    async fn verify_registration(&self, digest: &str) -> Result<(), Failure> {
+        let Some(hub) = self
+            .hub
+            .as_ref()
+            .filter(|h| h.settings().verify_registration)
+        else {
+            return Ok(());
+        };
+        let timeout = hub.settings().registration_timeout;
+        let start = Instant::now();
+        let mut seen = None;
+        let mut last_error = String::from("no answer yet");
+        loop {
+            if self.stop_now.is_cancelled() {
+                return Err(Failure {
+                    error: "the agent stopped before the worker was verified; the verification resumes when it starts again".into(),
+                    blame: Blame::Stopped,
+                });
+            }
+            match hub.worker().await {
+                Ok(w) if w.registered && w.digest.as_deref() == Some(digest) => {
+                    info!(
+                        after_ms = start.elapsed().as_millis() as u64,
+                        "the hub sees the new worker registered"
+                    );
+                    return Ok(());
+                }
+                Ok(w) => seen = Some(w),
+                Err(e) => last_error = crate::error_chain(&e),
+            }
+            if start.elapsed() >= timeout {
+                let within = humantime::format_duration(timeout);
+                return Err(match seen {
+                    Some(w) => Failure::image(format!(
+                        "the new worker did not register with the hub within {within} (hub.registration_timeout): the hub sees {}",
+                        match (w.registered, w.digest) {
+                            (false, _) => "no registered worker".to_string(),
+                            (true, Some(d)) => format!("a worker registered with {d}"),
+                            (true, None) => "a worker registered without a digest".to_string(),
+                        }
+                    )),
+                    None => Failure {
+                        error: format!("could not verify the new worker's registration: the hub did not answer within {within}: {last_error}"),
+                        blame: Blame::None,
+                    },
+                });
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(REGISTRATION_POLL) => {}
+                _ = self.stop_now.cancelled() => {}
+            }
+        }
+    }
+
     /// Gives the old worker its jobs back and removes the prepared container.
     async fn abort_prepared(&mut self, p: &Pending, reason: String) -> Result<(), UpdateError> {
         warn!(reason = %reason, "update aborted; the old worker keeps serving");
+        self.hub_drain(false, "update aborted").await;
         if let Some(url) = self.worker.drain.http.clone() {
             if let Err(e) = self.probe.drain_cancel(&url).await {
                 warn!(error = %e, "could not tell the old worker to take jobs again (DELETE on the drain endpoint); \

@@ -112,6 +112,10 @@ pub struct State {
     /// Updates are held after a hardware-class GPU fault (what it was and
     /// what to do), until an operator's `agentctl check` or `update`.
     pub gpu_hold: Option<String>,
+    /// The digest the hub last asked for (`hub.desired_from_hub`), followed
+    /// while the hub cannot be asked; `None`: no opinion or never heard.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hub_desired: Option<String>,
     pub pending: Option<Pending>,
 }
 

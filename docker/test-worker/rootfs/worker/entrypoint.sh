@@ -88,6 +88,28 @@ HTTPD_PID=$!
 tick_loop &
 TICK_PID=$!
 
+# Registration with the hub, when HUB_URL is set: what a real worker does once
+# it can take jobs, under GPU_AGENT_ID with GPU_AGENT_DIGEST (POST
+# $HUB_URL/v1/workers/<id>/register, the mock hub's registration call). Tried
+# for up to 30 s; "registered" or "register-refused" goes to the events.
+register_loop() {
+    trap - TERM INT
+    _url="${HUB_URL%/}/v1/workers/$AGENT_ID/register"
+    _i=0
+    while [ "$_i" -lt 60 ]; do
+        if wget -q -O /dev/null --post-data "digest=$DIGEST" "$_url" 2>/dev/null; then
+            event registered
+            return 0
+        fi
+        _i=$((_i + 1))
+        sleep 0.5
+    done
+    event register-refused
+}
+if [ -n "${HUB_URL:-}" ] && [ -n "$AGENT_ID" ]; then
+    register_loop &
+fi
+
 # Wait for httpd; a trapped signal interrupts `wait`, so wait again while it lives.
 while :; do
     wait "$HTTPD_PID"

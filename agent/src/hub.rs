@@ -1,0 +1,345 @@
+//! The hub: the adapter from `hub-client`'s wire types to what the agent
+//! does with them.
+//!
+//! [`Hub`] wraps one [`HubClient`] and keeps what the agent knows of the hub
+//! ([`HubStatus`], shown in `agentctl status` and `health`). It runs two
+//! tasks beside the daemon loop, so a slow or dead hub never holds an update:
+//! - the **event stream**: kept open, reconnected with exponential backoff
+//!   and jitter, resumed with `Last-Event-ID`; each `nudge` goes to the loop;
+//! - the **reporter**: posts the status after every history entry (with the
+//!   entry as `event`) and as a heartbeat after each poll, in order.
+//!
+//! The updater calls [`Hub::desired`], [`Hub::drain_notice`] and
+//! [`Hub::worker`] itself, at the points of the update they belong to.
+//! Architecture invariant: the hub never changes which container runs by
+//! itself; it only tells `update/` what to aim for.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hub_client::{
+    sse, Desired, DrainNotice, HubClient, HubError, HubOptions, Nudge, Report, TokenSource,
+    WorkerView,
+};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::{HubSettings, Settings};
+use crate::update::journal::HistoryEntry;
+use crate::update::View;
+
+/// The event stream is reconnected after `1 s · 2^n`, at most this, plus jitter.
+const STREAM_BACKOFF_CAP: Duration = Duration::from_secs(60);
+/// Per-call timeout of the agent's hub calls (each retried twice on transient errors).
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the agent knows of the hub now (`agentctl status --json` → `hub`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HubStatus {
+    pub url: String,
+    /// The hub decides the digest (`hub.desired_from_hub`).
+    pub desired_from_hub: bool,
+    /// The event stream: `connected`, `connecting` or `disconnected`.
+    pub events: String,
+    /// Why the event stream is down (while it is).
+    #[serde(default)]
+    pub events_error: Option<String>,
+    /// RFC 3339: the last call the hub answered.
+    #[serde(default)]
+    pub last_contact: Option<String>,
+    /// The last call that failed and why; cleared by the next answered call.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// The digest the hub last asked for (`null`: no opinion, or not asked).
+    #[serde(default)]
+    pub desired: Option<String>,
+}
+
+/// What the reporter is asked to send.
+enum ReportMsg {
+    /// Something happened: the status with this entry.
+    Event(Box<HistoryEntry>),
+    /// A heartbeat: the status alone.
+    Heartbeat,
+}
+
+pub struct Hub {
+    client: HubClient,
+    settings: HubSettings,
+    status: Mutex<HubStatus>,
+    reports: mpsc::UnboundedSender<ReportMsg>,
+    report_rx: Mutex<Option<mpsc::UnboundedReceiver<ReportMsg>>>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("url", &self.settings.url.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    /// The hub of `settings.hub`, if there is one. Nothing is sent yet.
+    pub fn from_settings(settings: &Settings) -> Result<Option<Arc<Hub>>, HubError> {
+        let Some(h) = &settings.hub else {
+            return Ok(None);
+        };
+        let token = match &h.token_file {
+            Some(p) => TokenSource::file(p),
+            None => TokenSource::none(),
+        };
+        let mut opts = HubOptions::new(h.url.clone(), settings.agent.id.clone(), token);
+        opts.timeout = CALL_TIMEOUT;
+        let client = HubClient::new(opts)?;
+        // Read the token once now, so a missing or loose file is said at start.
+        if let Err(e) = client.options().token.get() {
+            warn!(error = %crate::error_chain(&e), "hub token");
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        Ok(Some(Arc::new(Hub {
+            client,
+            status: Mutex::new(HubStatus {
+                url: h.url.to_string(),
+                desired_from_hub: h.desired_from_hub,
+                events: "connecting".into(),
+                ..HubStatus::default()
+            }),
+            settings: h.clone(),
+            reports: tx,
+            report_rx: Mutex::new(Some(rx)),
+        })))
+    }
+
+    pub fn settings(&self) -> &HubSettings {
+        &self.settings
+    }
+
+    pub fn status(&self) -> HubStatus {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HubStatus> {
+        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes how a call went: the log says when the hub fails and when it is back.
+    fn note<T>(&self, what: &str, r: &Result<T, HubError>) {
+        let mut s = self.lock();
+        match r {
+            Ok(_) => {
+                if let Some(prev) = s.last_error.take() {
+                    info!(was = %prev, "the hub answers again");
+                }
+                s.last_contact = Some(now_rfc3339());
+            }
+            Err(e) => {
+                let msg = format!("{what}: {}", crate::error_chain(e));
+                if s.last_error.as_deref() != Some(msg.as_str()) {
+                    warn!(kind = %e.kind(), error = %msg, "hub call failed; the worker is left as it is");
+                }
+                s.last_error = Some(msg);
+            }
+        }
+    }
+
+    /// `GET desired`. `Ok(None)`: the hub has no opinion (follow the registry).
+    pub async fn desired(&self) -> Result<Option<Desired>, HubError> {
+        let r = self.client.desired().await;
+        self.note("asking for the desired digest", &r);
+        if let Ok(d) = &r {
+            self.lock().desired = d.as_ref().map(|d| d.digest.clone());
+        }
+        r
+    }
+
+    /// `GET /v1/workers/{id}`.
+    pub async fn worker(&self) -> Result<WorkerView, HubError> {
+        let r = self.client.worker().await;
+        self.note("asking what the hub sees of the worker", &r);
+        r
+    }
+
+    /// Tells the hub to stop (`true`) or resume (`false`) sending jobs. A
+    /// failure is logged and returned; the update goes on either way (the
+    /// worker's own drain endpoint, where it has one, still drains it).
+    pub async fn drain_notice(&self, draining: bool, reason: &str) -> Result<(), HubError> {
+        let r = self
+            .client
+            .drain(&DrainNotice {
+                draining,
+                reason: reason.to_string(),
+            })
+            .await;
+        self.note("sending a drain notice", &r);
+        match &r {
+            Ok(()) => info!(draining, reason, "hub told"),
+            Err(e) => {
+                warn!(draining, error = %crate::error_chain(e), "could not tell the hub; going on")
+            }
+        }
+        r
+    }
+
+    /// Queues a report of `entry` (the reporter sends it with the status).
+    pub fn report_event(&self, entry: &HistoryEntry) {
+        let _ = self.reports.send(ReportMsg::Event(Box::new(entry.clone())));
+    }
+
+    /// Queues a heartbeat report.
+    pub fn heartbeat(&self) {
+        let _ = self.reports.send(ReportMsg::Heartbeat);
+    }
+
+    /// Starts the event stream and the reporter. Nudges go to `nudges`.
+    pub fn start(
+        self: &Arc<Self>,
+        view: watch::Receiver<View>,
+        settings: watch::Receiver<Arc<Settings>>,
+        nudges: mpsc::Sender<Nudge>,
+        shutdown: CancellationToken,
+    ) {
+        let rx = self
+            .report_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(rx) = rx {
+            tokio::spawn(Arc::clone(self).reporter(rx, view, settings, shutdown.clone()));
+        }
+        tokio::spawn(Arc::clone(self).events(nudges, shutdown));
+    }
+
+    async fn reporter(
+        self: Arc<Self>,
+        mut rx: mpsc::UnboundedReceiver<ReportMsg>,
+        view: watch::Receiver<View>,
+        settings: watch::Receiver<Arc<Settings>>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let msg = tokio::select! {
+                m = rx.recv() => m,
+                _ = shutdown.cancelled() => None,
+            };
+            let Some(msg) = msg else { break };
+            // Heartbeats that piled up while the hub was slow are one heartbeat.
+            let event = match msg {
+                ReportMsg::Event(e) => Some(*e),
+                ReportMsg::Heartbeat => None,
+            };
+            let status = {
+                let s = settings.borrow().clone();
+                let v = view.borrow().clone();
+                crate::control::status_of(&s, &v, Some(self.status()))
+            };
+            let status = match serde_json::to_value(status) {
+                Ok(serde_json::Value::Object(m)) => m,
+                _ => continue,
+            };
+            let report = Report {
+                status,
+                event: event.and_then(|e| serde_json::to_value(e).ok()),
+            };
+            let r = tokio::select! {
+                r = self.client.report(&report) => r,
+                _ = shutdown.cancelled() => break,
+            };
+            self.note("sending a report", &r);
+            if r.is_ok() {
+                debug!(with_event = report.event.is_some(), "reported to the hub");
+            }
+        }
+    }
+
+    /// Keeps the event stream open until the agent stops.
+    async fn events(self: Arc<Self>, nudges: mpsc::Sender<Nudge>, shutdown: CancellationToken) {
+        let mut last_id: Option<String> = None;
+        let mut failures = 0u32;
+        loop {
+            self.lock().events = "connecting".into();
+            let opened = tokio::select! {
+                r = self.client.events(last_id.as_deref()) => r,
+                _ = shutdown.cancelled() => return,
+            };
+            let mut hint = None;
+            let why = match opened {
+                Ok(mut stream) => {
+                    {
+                        let mut s = self.lock();
+                        s.events = "connected".into();
+                        s.events_error = None;
+                        s.last_contact = Some(now_rfc3339());
+                    }
+                    info!(
+                        resume_after = last_id.as_deref().unwrap_or("-"),
+                        "hub event stream open"
+                    );
+                    failures = 0;
+                    let why = loop {
+                        let next = tokio::select! {
+                            n = stream.next() => n,
+                            _ = shutdown.cancelled() => return,
+                        };
+                        match next {
+                            Ok(Some(ev)) => {
+                                last_id = stream.last_event_id().map(str::to_string);
+                                self.on_event(ev, &nudges).await;
+                            }
+                            Ok(None) => break "the hub closed the event stream".to_string(),
+                            Err(e) => break crate::error_chain(&e),
+                        }
+                    };
+                    last_id = stream.last_event_id().map(str::to_string).or(last_id);
+                    hint = stream.retry_hint();
+                    why
+                }
+                Err(e) => crate::error_chain(&e),
+            };
+            failures += 1;
+            let wait = hub_client::client::backoff(Duration::from_secs(1), failures - 1)
+                .min(STREAM_BACKOFF_CAP + STREAM_BACKOFF_CAP / 2)
+                .max(hint.unwrap_or_default());
+            {
+                let mut s = self.lock();
+                if s.events_error.as_deref() != Some(why.as_str()) {
+                    warn!(error = %why, retry_in = ?wait, "hub event stream down; nudges wait until it is back (polls go on)");
+                }
+                s.events = "disconnected".into();
+                s.events_error = Some(why);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    async fn on_event(&self, ev: sse::Event, nudges: &mpsc::Sender<Nudge>) {
+        if ev.event != "nudge" {
+            debug!(event = %ev.event, "hub event ignored");
+            return;
+        }
+        match Nudge::parse(&ev.data) {
+            Ok(n) => {
+                info!(reason = %n.reason, digest = n.digest.as_deref().unwrap_or("-"), id = ev.id.as_deref().unwrap_or("-"), "nudge from the hub");
+                // The loop takes them in turn; a full queue already holds a check.
+                if nudges.try_send(n).is_err() {
+                    debug!("nudge queue full; a check is already due");
+                }
+            }
+            Err(what) => {
+                warn!(error = %what, id = ev.id.as_deref().unwrap_or("-"), "a nudge from the hub was not understood; ignored")
+            }
+        }
+    }
+}
+
+fn now_rfc3339() -> String {
+    OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
