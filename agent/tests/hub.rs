@@ -211,7 +211,7 @@ async fn drain_notices_bracket_the_swap_and_reports_carry_every_event() {
     // drain(true) came before the old worker was told to drain and stopped;
     // drain(false) after the new one was verified (its success reported first).
     let calls = h.hub.received();
-    let pos = |f: &dyn Fn(&hub_client::mock::Received) -> bool| calls.iter().position(|c| f(c));
+    let pos = |f: &dyn Fn(&hub_client::mock::Received) -> bool| calls.iter().position(f);
     let on = pos(&|c| c.call == "drain" && c.body["draining"] == true)
         .unwrap_or_else(|| panic!("no drain notice: {calls:#?}"));
     let on_seq = calls[on].seq;
