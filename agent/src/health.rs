@@ -285,13 +285,17 @@ async fn gpu_now(probe: Arc<dyn GpuProbe>, settings: &Settings, hold: Option<&st
 
 /// What the hub sees of the worker now, against what runs here.
 async fn hub_now(hub: &Hub, view: &View) -> PartHealth {
-    let asked = hub.worker().await;
+    // One bounded look: `agentctl health` must answer while the hub hangs.
+    let asked = match tokio::time::timeout(std::time::Duration::from_secs(4), hub.worker()).await {
+        Ok(r) => r.map_err(|e| crate::error_chain(&e)),
+        Err(_) => Err("no answer within 4s".to_string()),
+    };
     let st = hub.status();
     let current = view.state.current_digest.as_deref();
     let (verdict, detail, seen) = match asked {
         Err(e) => (
             "unhealthy",
-            format!("the hub cannot be asked: {}", crate::error_chain(&e)),
+            format!("the hub cannot be asked: {e}"),
             serde_json::Value::Null,
         ),
         Ok(w) => {

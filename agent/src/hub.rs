@@ -33,6 +33,10 @@ use crate::update::View;
 
 /// The event stream is reconnected after `1 s · 2^n`, at most this, plus jitter.
 const STREAM_BACKOFF_CAP: Duration = Duration::from_secs(60);
+/// Events kept for the hub while it does not take reports.
+const REPORT_BACKLOG: usize = 1000;
+/// Unsent events are tried again after this.
+const REPORT_RETRY: Duration = Duration::from_secs(10);
 /// Per-call timeout of the agent's hub calls (each retried twice on transient errors).
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -64,6 +68,8 @@ enum ReportMsg {
     Event(Box<HistoryEntry>),
     /// A heartbeat: the status alone.
     Heartbeat,
+    /// Time to try the unsent events again.
+    Retry,
 }
 
 pub struct Hub {
@@ -103,7 +109,7 @@ impl Hub {
         Ok(Some(Arc::new(Hub {
             client,
             status: Mutex::new(HubStatus {
-                url: h.url.to_string(),
+                url: without_credentials(&h.url),
                 desired_from_hub: h.desired_from_hub,
                 events: "connecting".into(),
                 ..HubStatus::default()
@@ -220,37 +226,71 @@ impl Hub {
         settings: watch::Receiver<Arc<Settings>>,
         shutdown: CancellationToken,
     ) {
+        // Events the hub has not taken yet, oldest first: sent again, in
+        // order, before anything newer (at most REPORT_BACKLOG kept).
+        let mut backlog: std::collections::VecDeque<HistoryEntry> = Default::default();
         loop {
             let msg = tokio::select! {
                 m = rx.recv() => m,
+                // Unsent events are tried again on their own, not only with the next report.
+                _ = tokio::time::sleep(REPORT_RETRY), if !backlog.is_empty() => Some(ReportMsg::Retry),
                 _ = shutdown.cancelled() => None,
             };
             let Some(msg) = msg else { break };
-            // Heartbeats that piled up while the hub was slow are one heartbeat.
-            let event = match msg {
-                ReportMsg::Event(e) => Some(*e),
-                ReportMsg::Heartbeat => None,
-            };
-            let status = {
+            let mut heartbeat = false;
+            let mut take =
+                |m: ReportMsg, backlog: &mut std::collections::VecDeque<HistoryEntry>| match m {
+                    ReportMsg::Event(e) => backlog.push_back(*e),
+                    ReportMsg::Heartbeat => heartbeat = true,
+                    ReportMsg::Retry => {}
+                };
+            take(msg, &mut backlog);
+            // What piled up while the hub was slow: heartbeats are one.
+            while let Ok(m) = rx.try_recv() {
+                take(m, &mut backlog);
+            }
+            while backlog.len() > REPORT_BACKLOG {
+                if let Some(lost) = backlog.pop_front() {
+                    warn!(kind = ?lost.kind, at = %lost.at, "the hub did not take reports for long; the oldest unsent event is dropped");
+                }
+            }
+            let status = |this: &Hub| {
                 let s = settings.borrow().clone();
                 let v = view.borrow().clone();
-                crate::control::status_of(&s, &v, Some(self.status()))
+                match serde_json::to_value(crate::control::status_of(&s, &v, Some(this.status()))) {
+                    Ok(serde_json::Value::Object(m)) => m,
+                    _ => Default::default(),
+                }
             };
-            let status = match serde_json::to_value(status) {
-                Ok(serde_json::Value::Object(m)) => m,
-                _ => continue,
-            };
-            let report = Report {
-                status,
-                event: event.and_then(|e| serde_json::to_value(e).ok()),
-            };
-            let r = tokio::select! {
-                r = self.client.report(&report) => r,
-                _ = shutdown.cancelled() => break,
-            };
-            self.note("sending a report", &r);
-            if r.is_ok() {
-                debug!(with_event = report.event.is_some(), "reported to the hub");
+            let mut failed = false;
+            while let Some(entry) = backlog.front() {
+                let report = Report {
+                    status: status(&self),
+                    event: serde_json::to_value(entry).ok(),
+                };
+                let r = tokio::select! {
+                    r = self.client.report(&report) => r,
+                    _ = shutdown.cancelled() => return,
+                };
+                self.note("sending a report", &r);
+                if r.is_err() {
+                    failed = true;
+                    break;
+                }
+                debug!("reported an event to the hub");
+                backlog.pop_front();
+                heartbeat = false; // the status went with it
+            }
+            if heartbeat && !failed {
+                let report = Report {
+                    status: status(&self),
+                    event: None,
+                };
+                let r = tokio::select! {
+                    r = self.client.report(&report) => r,
+                    _ = shutdown.cancelled() => return,
+                };
+                self.note("sending a report", &r);
             }
         }
     }
@@ -302,7 +342,7 @@ impl Hub {
             failures += 1;
             let wait = hub_client::client::backoff(Duration::from_secs(1), failures - 1)
                 .min(STREAM_BACKOFF_CAP + STREAM_BACKOFF_CAP / 2)
-                .max(hint.unwrap_or_default());
+                .max(hint.unwrap_or_default().min(STREAM_BACKOFF_CAP));
             {
                 let mut s = self.lock();
                 if s.events_error.as_deref() != Some(why.as_str()) {
@@ -336,6 +376,14 @@ impl Hub {
             }
         }
     }
+}
+
+/// The URL as shown in status and reports: no user or password in it.
+fn without_credentials(url: &url::Url) -> String {
+    let mut u = url.clone();
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.to_string()
 }
 
 fn now_rfc3339() -> String {

@@ -176,7 +176,7 @@ impl HubClient {
             .get(url.clone())
             .header(ACCEPT, "text/event-stream")
             .header("Cache-Control", "no-cache");
-        if let Some(id) = last_event_id {
+        if let Some(id) = last_event_id.filter(|id| !id.is_empty()) {
             if let Ok(v) = HeaderValue::from_str(id) {
                 req = req.header("Last-Event-ID", v);
             }
@@ -378,7 +378,20 @@ async fn check_status(call: &str, resp: Response) -> Result<Response, HubError> 
     if status.is_success() {
         return Ok(resp);
     }
-    let text = resp.text().await.unwrap_or_default();
+    // The start of the body is enough to say what went wrong; never more,
+    // and never wait long for it.
+    let mut body = Vec::new();
+    let mut stream = resp.bytes_stream();
+    let read = async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            body.extend_from_slice(&chunk);
+            if body.len() > 4 * MAX_DETAIL {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
+    let text = String::from_utf8_lossy(&body);
     let detail = shorten_to(text.trim(), MAX_DETAIL);
     let call = call.to_string();
     Err(match status {

@@ -9,13 +9,21 @@ use crate::error::HubError;
 
 /// Where the token comes from. Cheap to ask: the file is only re-read when
 /// its size, modification time or inode changed since the last read.
-#[derive(Debug)]
+/// Its `Debug` shows the path, never the token.
 pub struct TokenSource {
     path: Option<PathBuf>,
     cached: Mutex<Option<Cached>>,
 }
 
-#[derive(Debug, Clone)]
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSource")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone)]
 struct Cached {
     stamp: Stamp,
     token: String,
@@ -109,6 +117,16 @@ mod tests {
         std::fs::write(&q, "defg\n").unwrap();
         std::fs::rename(&q, &p).unwrap();
         assert_eq!(t.get().unwrap().as_deref(), Some("defg"));
+    }
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("token");
+        std::fs::write(&p, "s3cr3t-value").unwrap();
+        let t = TokenSource::file(&p);
+        t.get().unwrap();
+        assert!(!format!("{t:?}").contains("s3cr3t"));
     }
 
     #[test]

@@ -125,7 +125,7 @@ pub struct GpuSettings {
     pub drain_on_fault: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HubSettings {
     pub url: Url,
     pub token_file: Option<PathBuf>,

@@ -429,6 +429,8 @@ fn reload(path: &Path, running: &Settings) -> Option<Arc<Settings>> {
             new.agent.state_dir != running.agent.state_dir,
         ),
         ("docker.host", new.docker.host != running.docker.host),
+        // The hub's client and tasks are set up once, at start.
+        ("hub", new.hub != running.hub),
     ];
     if let Some((key, _)) = fixed.iter().find(|(_, changed)| *changed) {
         error!(key, "config reload refused: this key changes only with a restart; keeping the running config");

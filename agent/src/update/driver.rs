@@ -1109,6 +1109,7 @@ impl<E: Engine> Updater<E> {
         if self.state.pending.is_some() {
             self.reconcile().await?;
         }
+        self.hub_resume_pending().await;
         if self.state.drained {
             return Ok(CheckOutcome::Held("drained"));
         }
@@ -1128,6 +1129,11 @@ impl<E: Engine> Updater<E> {
         };
         if let Some(target) = from_hub {
             self.last_check = Some(OffsetDateTime::now_utc());
+            // The hub decided it (an operator's check stays `cli`).
+            let trigger = match trigger {
+                Trigger::Poll | Trigger::Startup => Trigger::Hub,
+                t => t,
+            };
             return self.go_to(target, "hub", trigger).await;
         }
         let resolved = tokio::select! {
@@ -1184,6 +1190,7 @@ impl<E: Engine> Updater<E> {
         if self.state.pending.is_some() {
             self.reconcile().await?;
         }
+        self.hub_resume_pending().await;
         if self.state.drained {
             return Ok(CheckOutcome::Held("drained"));
         }
@@ -1191,6 +1198,19 @@ impl<E: Engine> Updater<E> {
             return Ok(CheckOutcome::Held("pinned"));
         }
         self.last_check = Some(OffsetDateTime::now_utc());
+        // The hub named it: with desired_from_hub it is the desired digest
+        // now (followed while the hub cannot be asked).
+        if self
+            .hub
+            .as_ref()
+            .is_some_and(|h| h.settings().desired_from_hub)
+            && self.state.hub_desired.as_deref() != Some(digest.as_str())
+        {
+            self.state.hub_desired = Some(digest.clone());
+            if let Err(e) = self.save() {
+                warn!(error = %crate::error_chain(&e), "could not save the hub's desired digest");
+            }
+        }
         self.go_to(digest, "nudge", Trigger::Nudge).await
     }
 
@@ -1395,7 +1415,16 @@ impl<E: Engine> Updater<E> {
         let old = self.primary_running().await?;
         if old.is_some() {
             self.set_step(Step::Draining)?;
-            self.hub_drain(true, &format!("update to {target}")).await;
+            let told = self.hub_drain(true, &format!("update to {target}")).await;
+            if !told && self.worker.drain.http.is_none() {
+                // The hub counts the jobs, but did not hear to stop sending them.
+                let reason = "the hub did not take the drain notice, and without worker.drain.http its in-flight count is the only drain: the update waits".to_string();
+                if self.worker.drain.on_timeout != OnDrainTimeout::Proceed {
+                    self.abort_prepared(&p, reason.clone()).await?;
+                    return Ok(CheckOutcome::Aborted(reason));
+                }
+                warn!(reason = %reason, "drain.on_timeout = proceed: swapping anyway");
+            }
             self.drain_cancel.store(false, Ordering::SeqCst);
             if let Err(reason) = self.drain(self.worker.drain.timeout).await {
                 self.abort_prepared(&p, reason.clone()).await?;
@@ -1488,9 +1517,9 @@ impl<E: Engine> Updater<E> {
                 self.history(p, Outcome::Success, None, Some(downtime));
                 self.last_error = None;
                 self.set_phase(Phase::Idle);
-                self.cleanup_after_commit().await;
                 self.hub_drain(false, &format!("{} is verified", p.to))
                     .await;
+                self.cleanup_after_commit().await;
                 Ok(CheckOutcome::Updated(p.to.clone()))
             }
             Err(f) if f.blame == Blame::Stopped => {
@@ -1500,13 +1529,16 @@ impl<E: Engine> Updater<E> {
             Err(f) if f.blame == Blame::GpuFault => {
                 let reason = f.error.clone();
                 let out = self.rollback(p, f, Some(t0)).await?;
-                self.hub_drain(false, "rolled back").await;
+                // With gpu.drain_on_fault the host stays drained for the hub.
+                if !self.settings.gpu.drain_on_fault {
+                    self.hub_resume_after(&out).await;
+                }
                 self.hold_for_gpu_fault(&reason, p.trigger).await?;
                 Ok(out)
             }
             Err(f) => {
                 let out = self.rollback(p, f, Some(t0)).await?;
-                self.hub_drain(false, "rolled back").await;
+                self.hub_resume_after(&out).await;
                 Ok(out)
             }
         }
@@ -1646,9 +1678,53 @@ impl<E: Engine> Updater<E> {
 
     /// Tells the hub to stop or resume sending jobs (best effort: a hub that
     /// does not answer is logged and the update goes on).
-    async fn hub_drain(&self, draining: bool, reason: &str) {
-        if let Some(hub) = &self.hub {
-            let _ = hub.drain_notice(draining, reason).await;
+    /// `true` is saved (`state.hub_draining`) before it is sent, and
+    /// cleared once the hub acknowledged a `false`; a `false` that did not
+    /// get through is sent again at the next check ([`Updater::hub_resume_pending`]).
+    /// A `false` with no `true` before it is not sent. Returns whether the
+    /// hub acknowledged.
+    async fn hub_drain(&mut self, draining: bool, reason: &str) -> bool {
+        let Some(hub) = self.hub.clone() else {
+            return true;
+        };
+        if !draining && !self.state.hub_draining {
+            return true;
+        }
+        if draining && !self.state.hub_draining {
+            self.state.hub_draining = true;
+            if let Err(e) = self.save() {
+                warn!(error = %crate::error_chain(&e), "could not save the drain notice");
+            }
+        }
+        let sent = tokio::select! {
+            r = hub.drain_notice(draining, reason) => r.is_ok(),
+            _ = self.stop_now.cancelled() => false,
+        };
+        if sent && !draining {
+            self.state.hub_draining = false;
+            if let Err(e) = self.save() {
+                warn!(error = %crate::error_chain(&e), "could not save the drain notice");
+            }
+        }
+        sent
+    }
+
+    /// After a rollback: the hub may send jobs again once the old worker
+    /// serves (not when the rollback failed or was left to the next start).
+    async fn hub_resume_after(&mut self, out: &CheckOutcome) {
+        if matches!(out, CheckOutcome::RolledBack { .. }) {
+            self.hub_drain(false, "rolled back; the last good worker serves")
+                .await;
+        }
+    }
+
+    /// A `draining: false` that has not got through (the hub was down at the
+    /// commit, the agent was killed before it, a rollback was resumed) is
+    /// sent again while the worker serves.
+    async fn hub_resume_pending(&mut self) {
+        if self.state.hub_draining && !self.state.drained && self.state.pending.is_none() {
+            info!("telling the hub again that the worker takes jobs");
+            self.hub_drain(false, "the worker serves").await;
         }
     }
 
@@ -1685,8 +1761,10 @@ impl<E: Engine> Updater<E> {
         };
         let timeout = hub.settings().registration_timeout;
         let start = Instant::now();
-        let mut seen = None;
+        let mut seen;
         let mut last_error = String::from("no answer yet");
+        // Cleared by every failed call: the image is blamed only when the
+        // hub's last word (right up to the deadline) was "not registered".
         loop {
             if self.stop_now.is_cancelled() {
                 return Err(Failure {
@@ -1694,7 +1772,11 @@ impl<E: Engine> Updater<E> {
                     blame: Blame::Stopped,
                 });
             }
-            match hub.worker().await {
+            let asked = tokio::select! {
+                r = hub.worker() => r,
+                _ = self.stop_now.cancelled() => continue,
+            };
+            match asked {
                 Ok(w) if w.registered && w.digest.as_deref() == Some(digest) => {
                     info!(
                         after_ms = start.elapsed().as_millis() as u64,
@@ -1703,7 +1785,10 @@ impl<E: Engine> Updater<E> {
                     return Ok(());
                 }
                 Ok(w) => seen = Some(w),
-                Err(e) => last_error = crate::error_chain(&e),
+                Err(e) => {
+                    seen = None;
+                    last_error = crate::error_chain(&e);
+                }
             }
             if start.elapsed() >= timeout {
                 let within = humantime::format_duration(timeout);

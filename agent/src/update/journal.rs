@@ -116,6 +116,11 @@ pub struct State {
     /// while the hub cannot be asked; `None`: no opinion or never heard.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hub_desired: Option<String>,
+    /// The hub was told `draining: true` and has not yet acknowledged the
+    /// `false` that ends it: it is sent again until it is (unless the host
+    /// is drained for maintenance).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub hub_draining: bool,
     pub pending: Option<Pending>,
 }
 
