@@ -26,7 +26,8 @@
 # Needs the private stack up (scripts/stack.sh up; scripts/test.sh does it) and
 # cargo-deb (scripts/build-deb.sh installs it). The Debian root file system
 # (debootstrap, about two minutes, from the Debian mirror apt uses here) is made
-# once and kept as the image local/debian-systemd:bookworm in the private
+# once, kept as a tar file in the cache folder (for other checkouts and a
+# purged stack) and as the image local/debian-systemd:bookworm in the private
 # engine, so later runs start in seconds. The worker is the test worker (v1)
 # pushed as <registry>/install-test/worker:stable, on port 18990, network host.
 #
@@ -35,6 +36,8 @@
 #   NO_BUILD=1            package the binaries already built (scripts/test.sh)
 #   INSTALL_TEST_PORT     the worker's port (default: 18990)
 #   DEBIAN_MIRROR         for debootstrap (default: the first one apt uses)
+#   INSTALL_TEST_CACHE    where the root file system's tar is kept
+#                         (default: ${XDG_CACHE_HOME:-~/.cache}/gpu-agent; about 250 MB)
 #   KEEP=1                leave the systemd container and the worker running
 #   STACK_DIR, REGISTRY_PORT   see scripts/stack.sh
 set -euo pipefail
@@ -135,8 +138,13 @@ note "$DEB1, $DEB2"
 
 section "Install test: Debian 12 with systemd as PID 1"
 rootfs_key="bookworm minbase $DEBOOTSTRAP_INCLUDE"
+cache="${INSTALL_TEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/gpu-agent}"
+tarball="$cache/debian-systemd-bookworm-$(sha256sum <<<"$rootfs_key" | cut -c1-12).tar"
 if [ "$(dk image inspect -f '{{ index .Config.Labels "gpu-agent-test.rootfs" }}' "$SYSTEMD_IMAGE" 2>/dev/null)" = "$rootfs_key" ]; then
     note "$SYSTEMD_IMAGE is there (made by an earlier run)"
+elif [ -s "$tarball" ]; then
+    note "importing $SYSTEMD_IMAGE from $tarball"
+    dk import -c 'CMD ["/sbin/init"]' -c "LABEL gpu-agent-test.rootfs=\"$rootfs_key\"" "$tarball" "$SYSTEMD_IMAGE" >/dev/null
 else
     mirror="${DEBIAN_MIRROR:-}"
     if [ -z "$mirror" ]; then
@@ -154,9 +162,10 @@ else
         tail -n 20 "$WORK/debootstrap.log" >&2
         die "debootstrap failed (log: $WORK/debootstrap.log)"
     }
-    tar -C "$WORK/rootfs" -c . |
-        dk import -c 'CMD ["/sbin/init"]' -c "LABEL gpu-agent-test.rootfs=\"$rootfs_key\"" - "$SYSTEMD_IMAGE" >/dev/null
+    mkdir -p "$cache"
+    tar -C "$WORK/rootfs" -cf "$tarball.tmp" . && mv "$tarball.tmp" "$tarball"
     rm -rf "$WORK/rootfs"
+    dk import -c 'CMD ["/sbin/init"]' -c "LABEL gpu-agent-test.rootfs=\"$rootfs_key\"" "$tarball" "$SYSTEMD_IMAGE" >/dev/null
 fi
 
 dk run -d --name "$CT" \
