@@ -14,11 +14,12 @@
 #      unit active, its status text the agent's own STATUS=
 #   3. the agent deployed the worker on the engine outside (labels, digest, health)
 #   4. agentctl status answers on the default socket /run/gpu-agent/agent.sock
-#   5. dpkg -i of V2 restarts the agent (a new main pid, active again)
-#   6. ... and leaves the worker container alone (same id, same StartedAt)
-#   7. systemd-analyze verify prints nothing
-#   8. systemd-analyze security: exposure <= 3.0
-#   9. dpkg --purge removes /var/lib/gpu-agent and leaves the worker running
+#   5. systemctl reload (ExecReload: SIGHUP) reloads the config in place
+#   6. dpkg -i of V2 restarts the agent (a new main pid, active again)
+#   7. ... and leaves the worker container alone (same id, same StartedAt)
+#   8. systemd-analyze verify prints nothing
+#   9. systemd-analyze security: exposure <= 3.0
+#  10. dpkg --purge removes /var/lib/gpu-agent and leaves the worker running
 #
 # Prints PASS/FAIL per check, ends with `install: N passed, M failed`, and
 # exits 1 when anything failed.
@@ -326,7 +327,24 @@ else
     detail "$(in_ct agentctl status 2>&1 || true)"
 fi
 
-# --- 5, 6. upgrade ---------------------------------------------------------------
+# --- 5. reload ------------------------------------------------------------------
+
+pid0="$(in_ct systemctl show -p MainPID --value gpu-agent.service)"
+reloaded() {
+    in_ct journalctl -u gpu-agent.service -o cat --no-pager | grep -q 'config reloaded'
+}
+if out="$(in_ct timeout 30 systemctl reload gpu-agent.service 2>&1)" &&
+    wait_for 15 "the agent's 'config reloaded'" reloaded &&
+    [ "$(in_ct systemctl show -p MainPID --value gpu-agent.service)" = "$pid0" ] &&
+    in_ct systemctl is-active --quiet gpu-agent.service; then
+    pass "systemctl reload: SIGHUP through ExecReload, 'config reloaded', same main pid $pid0, active"
+else
+    fail "systemctl reload gpu-agent"
+    detail "$out"
+    in_ct journalctl -u gpu-agent.service -n 10 --no-pager || true
+fi
+
+# --- 6, 7. upgrade ---------------------------------------------------------------
 
 pid1="$(in_ct systemctl show -p MainPID --value gpu-agent.service)"
 inv1="$(in_ct systemctl show -p InvocationID --value gpu-agent.service)"
@@ -358,7 +376,7 @@ else
     fail "the worker changed in the upgrade: id ${WORKER_ID:0:12} -> ${id_after:0:12}, StartedAt $WORKER_STARTED -> $started_after, running=$running_after"
 fi
 
-# --- 7. systemd-analyze verify ---------------------------------------------------
+# --- 8. systemd-analyze verify ---------------------------------------------------
 
 vrc=0
 vout="$(in_ct systemd-analyze verify /usr/lib/systemd/system/gpu-agent.service 2>&1)" || vrc=$?
@@ -369,7 +387,7 @@ else
     detail "$vout"
 fi
 
-# --- 8. systemd-analyze security ---------------------------------------------------
+# --- 9. systemd-analyze security ---------------------------------------------------
 
 sout="$(in_ct systemd-analyze security --no-pager gpu-agent.service 2>&1 || true)"
 score="$(sed -n 's/.*Overall exposure level for gpu-agent.service: \([0-9.]*\).*/\1/p' <<<"$sout")"
@@ -380,7 +398,7 @@ else
     detail "$(tail -n 5 <<<"$sout")"
 fi
 
-# --- 9. purge --------------------------------------------------------------------
+# --- 10. purge --------------------------------------------------------------------
 
 if out="$(in_ct dpkg --purge gpu-agent 2>&1)"; then
     left="$(in_ct sh -c 'ls -d /var/lib/gpu-agent /usr/bin/gpu-agent /etc/gpu-agent/agent.toml 2>/dev/null' || true)"
