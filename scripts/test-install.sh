@@ -169,8 +169,16 @@ else
     dk import -c 'CMD ["/sbin/init"]' -c "LABEL gpu-agent-test.rootfs=\"$rootfs_key\"" "$tarball" "$SYSTEMD_IMAGE" >/dev/null
 fi
 
+# cgroup v1 (these machines): the recipe of shared/TESTING.md. cgroup v2 (for
+# example GitHub's runners): systemd must write its own cgroups, so the usual
+# recipe for systemd in Docker there; not tried on a v2 host yet.
+if [ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ]; then
+    cgroup_args=(--cgroupns=host -v /sys/fs/cgroup:/sys/fs/cgroup:rw)
+else
+    cgroup_args=(-v /sys/fs/cgroup:/sys/fs/cgroup:ro)
+fi
 dk run -d --name "$CT" \
-    --cap-add SYS_ADMIN -v /sys/fs/cgroup:/sys/fs/cgroup:ro \
+    --cap-add SYS_ADMIN "${cgroup_args[@]}" \
     --tmpfs /run --tmpfs /run/lock --tmpfs /tmp \
     --network host \
     -v "$DOCKER_SOCK:/run/docker.sock" \
