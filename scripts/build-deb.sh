@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Debian package: target/debian/gpu-agent_<version>-1_<arch>.deb.
 #
-#   scripts/build-deb.sh [CARGO DEB ARGS...]     e.g. --deb-revision 2
+#   scripts/build-deb.sh [CARGO DEB ARGS...]     e.g. --deb-revision 2, -o DIR, --fast
 #
 # Installs cargo-deb (cargo install --locked) when it is missing, then runs
 # `cargo deb -p gpu-agent`, which makes a release build of gpu-agent and
@@ -11,7 +11,14 @@
 # scripts (packaging/debian/). The metadata is in agent/Cargo.toml,
 # [package.metadata.deb]. Install with: apt install ./target/debian/gpu-agent_*.deb
 #
-# Environment: CARGO_TARGET_DIR as for cargo (the .deb lands in its debian/).
+# Environment:
+#   CARGO_TARGET_DIR  as for cargo (the .deb lands in its debian/ unless -o says)
+#   PROFILE           the cargo profile whose binaries go in (default: release;
+#                     scripts/test-install.sh packs the test build's: dev)
+#   NO_BUILD=1        use the binaries already built (no cargo build)
+#   QUIET=1           do not list the package's info and contents
+#
+# Prints the path of the .deb as its last line.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -21,25 +28,41 @@ if ! cargo deb --version >/dev/null 2>&1; then
     cargo install cargo-deb --locked
 fi
 
-echo "==> release build"
-cargo build --release -p gpu-agent
+profile="${PROFILE:-release}"
+case "$profile" in
+dev | test) profile_dir=debug ;;
+bench) profile_dir=release ;;
+*) profile_dir="$profile" ;;
+esac
 target="${CARGO_TARGET_DIR:-target}"
+bins="$target/$profile_dir"
+
+if [ "${NO_BUILD:-0}" = 1 ]; then
+    for b in gpu-agent agentctl; do
+        [ -x "$bins/$b" ] || { echo "error: $bins/$b is not built (NO_BUILD=1)" >&2; exit 1; }
+    done
+else
+    echo "==> cargo build --profile $profile -p gpu-agent"
+    cargo build --profile "$profile" -p gpu-agent
+fi
 
 # Man pages and completions come from the binaries' own clap definitions.
 echo "==> man pages and shell completions"
 assets=target/assets # where agent/Cargo.toml's assets expect them, whatever CARGO_TARGET_DIR says
 rm -rf "$assets" && mkdir -p "$assets/man" "$assets/completions"
-"$target/release/gpu-agent" man --out "$assets/man" >/dev/null
-"$target/release/agentctl" man --out "$assets/man" >/dev/null
+"$bins/gpu-agent" man --out "$assets/man" >/dev/null
+"$bins/agentctl" man --out "$assets/man" >/dev/null
 gzip -9n "$assets"/man/*.1
-"$target/release/agentctl" completions bash >"$assets/completions/agentctl.bash"
-"$target/release/agentctl" completions zsh >"$assets/completions/_agentctl"
-"$target/release/agentctl" completions fish >"$assets/completions/agentctl.fish"
+"$bins/agentctl" completions bash >"$assets/completions/agentctl.bash"
+"$bins/agentctl" completions zsh >"$assets/completions/_agentctl"
+"$bins/agentctl" completions fish >"$assets/completions/agentctl.fish"
 
-echo "==> cargo deb -p gpu-agent --no-build"
-cargo deb -p gpu-agent --no-build "$@"
-
-deb="$(ls -t "$target"/debian/gpu-agent_*.deb | head -n 1)"
-echo "==> $deb"
-dpkg-deb --info "$deb"
-dpkg-deb --contents "$deb"
+# cargo-deb maps the assets' target/release/ to the profile's own folder.
+echo "==> cargo deb -p gpu-agent --no-build --profile $profile $*"
+deb="$(cargo deb -p gpu-agent --no-build --profile "$profile" "$@" | tail -n 1)"
+[ -f "$deb" ] || { echo "error: cargo deb printed no package path (got: $deb)" >&2; exit 1; }
+if [ "${QUIET:-0}" != 1 ]; then
+    dpkg-deb --info "$deb"
+    dpkg-deb --contents "$deb"
+fi
+echo "$deb"

@@ -63,6 +63,8 @@ pkg_present() {
     docker-registry) command -v docker-registry >/dev/null ;;
     apache2-utils) command -v htpasswd >/dev/null ;;
     curl) command -v curl >/dev/null ;;
+    debootstrap) command -v debootstrap >/dev/null ;;
+    jq) command -v jq >/dev/null ;;
     busybox-static) [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1 ;;
     *) return 1 ;;
     esac

@@ -9,18 +9,23 @@
 #   scripts/test.sh --test swap -- --nocapture
 #
 # Steps: install missing Debian packages (docker.io docker-registry busybox-static gcc libc6-dev
-# apache2-utils curl), start the private stack (scripts/stack.sh up), build the
+# apache2-utils curl debootstrap jq), start the private stack (scripts/stack.sh up), build the
 # test worker images, export the stack's variables (scripts/stack.sh env:
 # DOCKER_HOST, GPU_AGENT_TEST_DOCKER_HOST, GPU_AGENT_TEST_REGISTRY,
 # GPU_AGENT_TEST_REGISTRY_BIN), build all targets once with the failpoints
-# feature, run `cargo test`, and stop the stack on exit.
+# feature, run `cargo test`, then the install test (scripts/test-install.sh:
+# the .deb, packed from the binaries just built, installed into Debian 12 with
+# systemd in a container), and stop the stack on exit.
 #
 # Environment:
 #   TEST_THREADS   test threads per test binary (default: 4)
 #   KEEP_STACK=1   leave the stack running afterwards (then: eval "$(scripts/stack.sh env)")
+#   INSTALL_TEST=0|1  skip / run the install test (default: run it unless
+#                  cargo test arguments were given, e.g. a test name filter)
 #   STACK_DIR, REGISTRY_PORT   see scripts/stack.sh
 #
-# Exit status: cargo's (the build's when it fails, else the tests').
+# Exit status: cargo's (the build's when it fails, else the tests'), else the
+# install test's.
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -56,7 +61,7 @@ on_exit() {
 }
 
 section "Prerequisites"
-ensure_packages docker.io docker-registry busybox-static apache2-utils curl gcc libc6-dev
+ensure_packages docker.io docker-registry busybox-static apache2-utils curl gcc libc6-dev debootstrap jq
 ensure_cargo
 note "$(cargo --version)"
 
@@ -80,9 +85,18 @@ rc=0
 cargo test --workspace --features gpu-agent/failpoints "${cargo_args[@]}" \
     -- --test-threads="${TEST_THREADS:-4}" "${bin_args[@]}" || rc=$?
 
+install_result=skipped
+if [ "${INSTALL_TEST:-}" = 1 ] || { [ "${INSTALL_TEST:-}" != 0 ] && [ "${#cargo_args[@]}" -eq 0 ]; }; then
+    # The .deb is packed from the debug binaries just built (no second build).
+    install_rc=0
+    PROFILE=dev NO_BUILD=1 "$REPO_ROOT/scripts/test-install.sh" || install_rc=$?
+    if [ "$install_rc" -eq 0 ]; then install_result=passed; else install_result="FAILED (exit status $install_rc)"; fi
+    [ "$rc" -ne 0 ] || rc="$install_rc"
+fi
+
 if [ "$rc" -eq 0 ]; then
-    section "Tests passed"
+    section "Tests passed (install test: $install_result)"
 else
-    section "Tests FAILED (cargo exit status $rc)"
+    section "Tests FAILED (exit status $rc; install test: $install_result)"
 fi
 exit "$rc"

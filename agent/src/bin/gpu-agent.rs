@@ -62,11 +62,13 @@ fn init_logging(verbose: u8) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    // journald stamps every line itself.
+    // journald stamps every line itself. Colours only on a terminal: not in
+    // the journal, `docker logs` (the agent image) or a file.
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         builder.without_time().with_ansi(false).init();
     } else {
-        builder.init();
+        use std::io::IsTerminal;
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
     }
 }
 
