@@ -321,7 +321,10 @@ async fn hub_now(hub: &Hub, view: &View) -> PartHealth {
             } else {
                 (
                     "healthy",
-                    format!("registered; {} jobs in flight", w.in_flight),
+                    match w.in_flight {
+                        Some(n) => format!("registered; {n} jobs in flight"),
+                        None => "registered".to_string(),
+                    },
                 )
             };
             (

@@ -14,6 +14,7 @@
 //! Architecture invariant: the hub never changes which container runs by
 //! itself; it only tells `update/` what to aim for.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,6 +36,8 @@ use crate::update::View;
 const STREAM_BACKOFF_CAP: Duration = Duration::from_secs(60);
 /// Events kept for the hub while it does not take reports.
 const REPORT_BACKLOG: usize = 1000;
+/// How long a stopping agent gives the hub to take the queued reports.
+pub const REPORT_FLUSH: Duration = Duration::from_secs(3);
 /// Unsent events are tried again after this.
 const REPORT_RETRY: Duration = Duration::from_secs(10);
 /// Per-call timeout of the agent's hub calls (each retried twice on transient errors).
@@ -200,23 +203,63 @@ impl Hub {
         let _ = self.reports.send(ReportMsg::Heartbeat);
     }
 
-    /// Starts the event stream and the reporter. Nudges go to `nudges`.
+    /// Starts the event stream (until `shutdown`) and the reporter. Nudges
+    /// go to `nudges`. The reporter goes on until `reports_done` (cancel it
+    /// once the loop has recorded its last event), then sends what is still
+    /// queued within [`REPORT_FLUSH`] and ends: await its handle before exiting.
     pub fn start(
         self: &Arc<Self>,
         view: watch::Receiver<View>,
         settings: watch::Receiver<Arc<Settings>>,
         nudges: mpsc::Sender<Nudge>,
         shutdown: CancellationToken,
-    ) {
+        reports_done: CancellationToken,
+    ) -> Option<tokio::task::JoinHandle<()>> {
         let rx = self
             .report_rx
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        if let Some(rx) = rx {
-            tokio::spawn(Arc::clone(self).reporter(rx, view, settings, shutdown.clone()));
-        }
         tokio::spawn(Arc::clone(self).events(nudges, shutdown));
+        rx.map(|rx| tokio::spawn(Arc::clone(self).reporter(rx, view, settings, reports_done)))
+    }
+
+    /// The status object to report, now.
+    fn status_now(
+        &self,
+        view: &watch::Receiver<View>,
+        settings: &watch::Receiver<Arc<Settings>>,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        let s = settings.borrow().clone();
+        let v = view.borrow().clone();
+        match serde_json::to_value(crate::control::status_of(&s, &v, Some(self.status()))) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => Default::default(),
+        }
+    }
+
+    /// Sends the queued events, oldest first, until one fails. Returns
+    /// whether all went.
+    async fn send_backlog(
+        &self,
+        backlog: &mut VecDeque<HistoryEntry>,
+        view: &watch::Receiver<View>,
+        settings: &watch::Receiver<Arc<Settings>>,
+    ) -> bool {
+        while let Some(entry) = backlog.front() {
+            let report = Report {
+                status: self.status_now(view, settings),
+                event: serde_json::to_value(entry).ok(),
+            };
+            let r = self.client.report(&report).await;
+            self.note("sending a report", &r);
+            if r.is_err() {
+                return false;
+            }
+            debug!("reported an event to the hub");
+            backlog.pop_front();
+        }
+        true
     }
 
     async fn reporter(
@@ -228,8 +271,8 @@ impl Hub {
     ) {
         // Events the hub has not taken yet, oldest first: sent again, in
         // order, before anything newer (at most REPORT_BACKLOG kept).
-        let mut backlog: std::collections::VecDeque<HistoryEntry> = Default::default();
-        loop {
+        let mut backlog: VecDeque<HistoryEntry> = VecDeque::new();
+        'run: loop {
             let msg = tokio::select! {
                 m = rx.recv() => m,
                 // Unsent events are tried again on their own, not only with the next report.
@@ -238,12 +281,11 @@ impl Hub {
             };
             let Some(msg) = msg else { break };
             let mut heartbeat = false;
-            let mut take =
-                |m: ReportMsg, backlog: &mut std::collections::VecDeque<HistoryEntry>| match m {
-                    ReportMsg::Event(e) => backlog.push_back(*e),
-                    ReportMsg::Heartbeat => heartbeat = true,
-                    ReportMsg::Retry => {}
-                };
+            let mut take = |m: ReportMsg, backlog: &mut VecDeque<HistoryEntry>| match m {
+                ReportMsg::Event(e) => backlog.push_back(*e),
+                ReportMsg::Heartbeat => heartbeat = true,
+                ReportMsg::Retry => {}
+            };
             take(msg, &mut backlog);
             // What piled up while the hub was slow: heartbeats are one.
             while let Ok(m) = rx.try_recv() {
@@ -254,44 +296,43 @@ impl Hub {
                     warn!(kind = ?lost.kind, at = %lost.at, "the hub did not take reports for long; the oldest unsent event is dropped");
                 }
             }
-            let status = |this: &Hub| {
-                let s = settings.borrow().clone();
-                let v = view.borrow().clone();
-                match serde_json::to_value(crate::control::status_of(&s, &v, Some(this.status()))) {
-                    Ok(serde_json::Value::Object(m)) => m,
-                    _ => Default::default(),
-                }
+            // An event carries the status too: a heartbeat then says nothing more.
+            heartbeat &= backlog.is_empty();
+            let all_sent = tokio::select! {
+                ok = self.send_backlog(&mut backlog, &view, &settings) => ok,
+                _ = shutdown.cancelled() => break 'run,
             };
-            let mut failed = false;
-            while let Some(entry) = backlog.front() {
+            if heartbeat && all_sent {
                 let report = Report {
-                    status: status(&self),
-                    event: serde_json::to_value(entry).ok(),
-                };
-                let r = tokio::select! {
-                    r = self.client.report(&report) => r,
-                    _ = shutdown.cancelled() => return,
-                };
-                self.note("sending a report", &r);
-                if r.is_err() {
-                    failed = true;
-                    break;
-                }
-                debug!("reported an event to the hub");
-                backlog.pop_front();
-                heartbeat = false; // the status went with it
-            }
-            if heartbeat && !failed {
-                let report = Report {
-                    status: status(&self),
+                    status: self.status_now(&view, &settings),
                     event: None,
                 };
                 let r = tokio::select! {
                     r = self.client.report(&report) => r,
-                    _ = shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => break 'run,
                 };
                 self.note("sending a report", &r);
             }
+        }
+        // Stopping: what is queued (the last events, such as an update the
+        // stop aborted) goes now, briefly.
+        while let Ok(m) = rx.try_recv() {
+            if let ReportMsg::Event(e) = m {
+                backlog.push_back(*e);
+            }
+        }
+        if !backlog.is_empty()
+            && tokio::time::timeout(
+                REPORT_FLUSH,
+                self.send_backlog(&mut backlog, &view, &settings),
+            )
+            .await
+            .is_err()
+        {
+            warn!(
+                unsent = backlog.len(),
+                "stopping: the hub did not take the last reports in time"
+            );
         }
     }
 

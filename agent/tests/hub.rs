@@ -209,7 +209,7 @@ async fn drain_notices_bracket_the_swap_and_reports_carry_every_event() {
     .unwrap_or_else(|| panic!("no resume notice: {:#?}", h.hub.drains(h.id())));
 
     // drain(true) came before the old worker was told to drain and stopped;
-    // drain(false) after the new one was verified (its success reported first).
+    // drain(false) after the new one was verified.
     let calls = h.hub.received();
     let pos = |f: &dyn Fn(&hub_client::mock::Received) -> bool| calls.iter().position(f);
     let on = pos(&|c| c.call == "drain" && c.body["draining"] == true)
@@ -223,8 +223,10 @@ async fn drain_notices_bracket_the_swap_and_reports_carry_every_event() {
             && c.body["event"]["outcome"] == "success"
     })
     .unwrap_or_else(|| panic!("no success report: {calls:#?}"));
+    // Reports go from their own task, so the success report and the resume
+    // notice may reach the hub in either order; both follow the drain notice.
     assert!(
-        on < success && success < off,
+        on < success && on < off,
         "order: on {on}, success {success}, off {off}"
     );
     assert!(calls[on].body["reason"].as_str().unwrap().contains(&v2));
@@ -511,4 +513,38 @@ async fn a_resume_notice_the_hub_missed_is_sent_again_at_the_next_check() {
     assert_eq!(d.len(), 1, "{d:?}");
     assert!(!d[0].draining);
     assert!(s.state().get("hub_draining").is_none(), "{:#}", s.state());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_agent_still_reports_the_update_its_stop_aborted() {
+    let h = Hubbed::new("hub-flush").await;
+    let s = &h.s;
+    let v1 = s.push("v1", "stable");
+    let mut agent = s.start_agent(&h.config(
+        "tag = \"stable\"",
+        "INFLIGHT_JOBS = \"5\", JOB_SECONDS = \"30\"",
+        "",
+        &drain_table(s),
+    ));
+    s.wait_history(&v1, "success", &agent).await;
+    let v2 = s.push("v2", "stable");
+    ctl(s, &["check"]).await.expect(0);
+    let draining = wait_for(WAIT, || async {
+        let st = ctl(s, &["status", "--json"]).await.json();
+        (st["phase"] == "draining").then_some(())
+    })
+    .await;
+    assert!(draining.is_some(), "never draining\n{}", agent.log());
+    assert_eq!(agent.terminate(), Some(0));
+    let aborted = h
+        .reported_events()
+        .into_iter()
+        .find(|e| e["to"] == v2.as_str() && e["outcome"] == "aborted");
+    assert!(aborted.is_some(), "{:#?}", h.reported_events());
+    // The hub was told to send jobs again: the old worker keeps serving.
+    assert_eq!(h.hub.drains(h.id()).last().map(|d| d.draining), Some(false));
+    assert_eq!(
+        s.running().await.unwrap().digest.as_deref(),
+        Some(v1.as_str())
+    );
 }

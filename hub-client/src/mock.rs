@@ -198,7 +198,7 @@ impl MockHub {
 
     /// The `in_flight` of the agent's worker view.
     pub fn set_worker_in_flight(&self, agent: &str, n: u64) {
-        self.state().worker_mut(agent).in_flight = n;
+        self.state().worker_mut(agent).in_flight = Some(n);
     }
 
     /// While `refuse` is true, the worker's registrations are answered `403`
@@ -340,7 +340,7 @@ fn unknown_worker() -> WorkerView {
     WorkerView {
         registered: false,
         digest: None,
-        in_flight: 0,
+        in_flight: Some(0),
     }
 }
 

@@ -72,8 +72,11 @@ pub struct WorkerView {
     pub registered: bool,
     #[serde(default)]
     pub digest: Option<String>,
-    #[serde(default)]
-    pub in_flight: u64,
+    /// The jobs the hub has given the worker that are not finished. `None`
+    /// when the hub did not say: the agent then cannot use it as a drain
+    /// signal (it never reads a missing count as 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_flight: Option<u64>,
 }
 
 /// `POST /v1/agents/{id}/report`: the agent's status object (the fields of
@@ -179,7 +182,7 @@ mod tests {
             WorkerView {
                 registered: false,
                 digest: None,
-                in_flight: 0
+                in_flight: None
             }
         );
         assert!(serde_json::from_str::<WorkerView>(r#"{"registered":"yes"}"#).is_err());

@@ -134,14 +134,17 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
 
     // The hub's event stream (nudges) and reporter run beside the loop.
     let (nudge_tx, mut nudges) = mpsc::channel::<hub_client::Nudge>(64);
+    let mut reporter = None;
+    let reports_done = CancellationToken::new();
     if let Some(h) = &hub {
         info!(url = %h.settings().url, desired_from_hub = h.settings().desired_from_hub,
               verify_registration = h.settings().verify_registration, "hub configured");
-        h.start(
+        reporter = h.start(
             updater.watch(),
             settings_rx.clone(),
             nudge_tx,
             shutdown.clone(),
+            reports_done.clone(),
         );
     } else {
         drop(nudge_tx);
@@ -235,6 +238,11 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
         }
     }
     systemd::stopping();
+    // The hub hears the last events (bounded by hub::REPORT_FLUSH).
+    reports_done.cancel();
+    if let Some(r) = reporter {
+        let _ = tokio::time::timeout(crate::hub::REPORT_FLUSH + Duration::from_secs(1), r).await;
+    }
     // Actions still queued are answered "stopped" (their senders go with the queue).
     drop(jobs);
     if tokio::time::timeout(Duration::from_secs(5), control)

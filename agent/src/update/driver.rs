@@ -1612,12 +1612,14 @@ impl<E: Engine> Updater<E> {
             // agent cannot know what a stop would kill.
             InFlightSource::Hub(hub) => {
                 info!(timeout = ?timeout, "waiting for the worker's in-flight jobs as the hub counts them (no worker.drain.http)");
-                hub.worker().await.map(|_| ()).map_err(|e| {
-                    format!(
+                match hub.worker().await {
+                    Ok(w) if w.in_flight.is_some() => Ok(()),
+                    Ok(_) => Err("the hub's answer has no in_flight count, so it cannot tell when the jobs are done (set worker.drain.http, or have the hub send in_flight)".to_string()),
+                    Err(e) => Err(format!(
                         "could not learn the in-flight jobs from the hub: {}",
                         crate::error_chain(&e)
-                    )
-                })
+                    )),
+                }
             }
         };
         if let Err(msg) = started {
@@ -1633,11 +1635,12 @@ impl<E: Engine> Updater<E> {
                 InFlightSource::Worker(url) => {
                     self.probe.in_flight(url).await.map_err(|e| e.to_string())
                 }
-                InFlightSource::Hub(hub) => hub
-                    .worker()
-                    .await
-                    .map(|w| w.in_flight)
-                    .map_err(|e| crate::error_chain(&e)),
+                InFlightSource::Hub(hub) => match hub.worker().await {
+                    Ok(w) => w
+                        .in_flight
+                        .ok_or_else(|| "the hub's answer has no in_flight count".to_string()),
+                    Err(e) => Err(crate::error_chain(&e)),
+                },
             };
             match count {
                 Ok(0) => {
