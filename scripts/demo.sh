@@ -5,25 +5,34 @@
 #   scripts/demo.sh
 #
 # It brings up the stack (scripts/stack.sh), builds the test worker images and a
-# release build of gpu-agent, writes $STACK_DIR/demo/agent.toml, then:
+# release build of gpu-agent and of the mock hub (hub-client's mock-hub), starts
+# the mock hub on 127.0.0.1:$DEMO_HUB_PORT, writes $STACK_DIR/demo/agent.toml
+# (poll once an hour: the hub's nudges drive it), then:
 #   1. pushes worker v1 as 127.0.0.1:5055/demo/worker:stable and starts the agent,
-#      which deploys v1;
-#   2. pushes v2 as :stable: the agent pre-pulls it, drains v1 (2 in-flight jobs,
-#      one finishing per second), swaps and verifies v2;
-#   3. pushes the `broken` worker (health 500) as :stable: the agent swaps, sees it
-#      fail, rolls back to v2 and marks the digest bad (state.json bad_digests);
-#   4. prints the update history (history.jsonl), stops the agent and shows that
-#      the worker keeps running.
+#      which deploys v1 (the hub has no opinion yet: the registry's tag decides);
+#   2. pushes v2 as :stable and has the hub nudge the agent: it pre-pulls v2,
+#      tells the hub to stop sending jobs, drains v1 (2 in-flight jobs, one
+#      finishing per second), swaps, verifies v2 (health, then its registration
+#      with the hub) and tells the hub to send jobs again;
+#   3. pushes the `broken` worker (health 500) as :stable and nudges: the agent
+#      swaps, sees it fail, rolls back to v2 and marks the digest bad; a second
+#      nudge leaves it out;
+#   4. the hub decides: it names v1 as this host's digest and nudges; the agent
+#      goes back to v1 although the tag says otherwise;
+#   5. prints the update history (history.jsonl) and what the hub heard, stops
+#      the agent and shows that the worker keeps running.
 # Every wait has a timeout; on failure the agent's log tail is printed. Exit 0
 # only if every step was seen.
 #
 # Environment:
 #   KEEP_STACK=1   leave the stack (and the demo worker) running at the end
 #   DEMO_PORT      the worker's port (default: 18080)
+#   DEMO_HUB_PORT  the mock hub's port (default: 18081)
 #   STACK_DIR, REGISTRY_PORT   see scripts/stack.sh
 #   RUST_LOG       passed to the agent when set
 #   GPU_AGENT_BIN  use this gpu-agent binary instead of building one
 #                  (default: a release build, target/release/gpu-agent)
+#   MOCK_HUB_BIN   likewise for the mock hub (default: target/release/mock-hub)
 #
 # Files: $STACK_DIR/demo/{agent.toml,agent.log,state/,events/events.log}.
 set -euo pipefail
@@ -43,6 +52,11 @@ HEALTH_URL="http://127.0.0.1:$PORT/cgi-bin/health"
 WORKER=demo-worker
 AGENT_BIN="${GPU_AGENT_BIN:-$REPO_ROOT/target/release/gpu-agent}"
 AGENT_PID=
+HUB_PORT="${DEMO_HUB_PORT:-18081}"
+HUB_URL="http://127.0.0.1:$HUB_PORT"
+HUB_BIN="${MOCK_HUB_BIN:-$REPO_ROOT/target/release/mock-hub}"
+HUB_PID=
+AGENT_ID=demo-host
 
 # --- helpers -------------------------------------------------------------------
 
@@ -142,6 +156,13 @@ history_has() {
     grep -F "\"$2\"" "$f" | grep -E "\"kind\": ?\"$1\"" | grep -qE "\"outcome\": ?\"$3\""
 }
 
+# history_has_second KIND TO OUTCOME: a second such line (v1 is deployed twice).
+history_has_second() {
+    local f="$STATE/history.jsonl"
+    [ -s "$f" ] || return 1
+    [ "$(grep -F "\"to\":\"$2\"" "$f" | grep -E "\"kind\": ?\"$1\"" | grep -cE "\"outcome\": ?\"$3\"")" -ge 2 ]
+}
+
 print_history() {
     local f="$STATE/history.jsonl"
     if command -v python3 >/dev/null; then
@@ -177,6 +198,21 @@ EOF
     fi
 }
 
+# hub_nudge: the hub tells the agent to check now.
+hub_nudge() {
+    curl -fsS --max-time 5 -X POST "$HUB_URL/mock/agents/$AGENT_ID/nudge" -d '{"reason":"demo"}' >/dev/null ||
+        fail "the mock hub did not take the nudge"
+}
+hub_get() { curl -fsS --max-time 5 "$HUB_URL/mock/$1"; }
+hub_sees_worker_with() { hub_get "workers/$AGENT_ID" | grep -qF "\"digest\":\"$1\""; }
+
+stop_hub() {
+    [ -n "$HUB_PID" ] || return 0
+    kill -TERM "$HUB_PID" 2>/dev/null || true
+    wait "$HUB_PID" 2>/dev/null || true
+    HUB_PID=
+}
+
 stop_agent() {
     [ -n "$AGENT_PID" ] || return 0
     if kill -0 "$AGENT_PID" 2>/dev/null; then
@@ -198,6 +234,7 @@ stop_agent() {
 on_exit() {
     local rc=$?
     stop_agent
+    stop_hub
     if [ "${KEEP_STACK:-0}" = 1 ]; then
         section "Stack kept running (KEEP_STACK=1)"
         note "eval \"\$(scripts/stack.sh env)\"; docker ps; scripts/stack.sh down"
@@ -229,6 +266,11 @@ else
     cargo build --release -p gpu-agent
 fi
 [ -x "$AGENT_BIN" ] || fail "no gpu-agent binary at $AGENT_BIN"
+if [ -z "${MOCK_HUB_BIN:-}" ]; then
+    section "Building the mock hub (cargo build --release -p hub-client --features mock --bin mock-hub)"
+    cargo build --release -p hub-client --features mock --bin mock-hub
+fi
+[ -x "$HUB_BIN" ] || fail "no mock-hub binary at $HUB_BIN"
 
 section "Config: $CONFIG"
 # A fresh demo: no agent, worker, state or events from an earlier run.
@@ -239,9 +281,13 @@ fi
 dk rm -f "$WORKER" >/dev/null 2>&1 || true
 rm -rf "$STATE" "$DEMO/events" "$AGENT_LOG" "$DEMO/agent.sock"
 mkdir -p "$STATE" "$DEMO/events"
+if pid="$(pid_matches "$DEMO/hub.pid" "$HUB_BIN")"; then
+    stop_pid "$pid" mock-hub 10
+fi
+(umask 077 && echo "demo-hub-token-$RANDOM$RANDOM" >"$DEMO/hub-token")
 cat >"$CONFIG" <<EOF
 [agent]
-id = "demo-host"
+id = "$AGENT_ID"
 state_dir = "$STATE"
 control_socket = "$DEMO/agent.sock"
 
@@ -251,14 +297,14 @@ host = "$DOCKER_URL"
 [image]
 repository = "$REPO"
 tag = "stable"
-poll_interval = "2s"
+poll_interval = "1h"
 poll_jitter = "0s"
 insecure = true
 
 [worker]
 name = "$WORKER"
 network = "host"
-env = { PORT = "$PORT", INFLIGHT_JOBS = "2", JOB_SECONDS = "1", EVENTS_FILE = "/events/events.log" }
+env = { PORT = "$PORT", INFLIGHT_JOBS = "2", JOB_SECONDS = "1", EVENTS_FILE = "/events/events.log", HUB_URL = "$HUB_URL" }
 volumes = ["$DEMO/events:/events"]
 gpus = "none"
 stop_timeout = "5s"
@@ -272,11 +318,24 @@ stable_for = "3s"
 http = "http://127.0.0.1:$PORT/cgi-bin/drain"
 timeout = "30s"
 on_timeout = "abort"
+
+[hub]
+url = "$HUB_URL"
+token_file = "$DEMO/hub-token"
+desired_from_hub = true
+verify_registration = true
+registration_timeout = "20s"
 EOF
 sed 's/^/    /' "$CONFIG"
 "$AGENT_BIN" check-config --config "$CONFIG" || fail "gpu-agent check-config rejected $CONFIG"
 
 # --- 1. v1 -------------------------------------------------------------------------
+
+section "The mock hub on $HUB_URL (log: $DEMO/hub.log)"
+"$HUB_BIN" --listen "127.0.0.1:$HUB_PORT" --token-file "$DEMO/hub-token" >"$DEMO/hub.log" 2>&1 &
+HUB_PID=$!
+echo "$HUB_PID" >"$DEMO/hub.pid"
+wait_until 20 "the mock hub answers" hub_get received
 
 section "1. Push worker v1 as $REPO:stable"
 D_V1="$(push_stable v1)"
@@ -298,6 +357,9 @@ section "2. Push worker v2 as :stable: pre-pull, drain v1, swap, verify"
 T2="$(now_ms)"
 D_V2="$(push_stable v2)"
 note "v2 = $D_V2"
+note "the agent polls once an hour; the hub nudges it now"
+TN="$(now_ms)"
+hub_nudge
 wait_until 120 "the worker answers as v2" health_version_is v2
 wait_until 30 "the container is labelled with v2's digest" worker_digest_is "$D_V2"
 wait_until 30 "the update is in the history" history_has update "$D_V2" success
@@ -306,6 +368,10 @@ show_events "$T2"
 events_in_order "$T2" "v1 drain" "v1 idle" "v1 sigterm" "v2 start" ||
     fail "expected the events v1 drain, v1 idle, v1 sigterm, v2 start in this order"
 note "seen: v1 drained its 2 jobs, then got SIGTERM; v2 started after"
+V2_START="$(awk '$2 == "v2" && $3 == "start" { print $1; exit }' "$EVENTS")"
+note "from the nudge to v2's start: $((V2_START - TN)) ms (v1's 2 jobs took about 2 s of it)"
+wait_until 30 "the hub sees v2 registered" hub_sees_worker_with "$D_V2"
+note "the hub's drain notices: $(hub_get "agents/$AGENT_ID/drains")"
 note "health: $(health)"
 show_managed
 
@@ -315,6 +381,7 @@ section "3. Push the broken worker (health 500) as :stable: swap, fail, roll bac
 T3="$(now_ms)"
 D_BROKEN="$(push_stable broken)"
 note "broken = $D_BROKEN"
+hub_nudge
 wait_until 150 "the broken digest is marked bad in state.json" state_has_bad_digest "$D_BROKEN"
 wait_until 60 "the worker answers as v2 again" health_version_is v2
 wait_until 30 "the container is labelled with v2's digest" worker_digest_is "$D_V2"
@@ -325,7 +392,8 @@ show_events "$T3"
 events_in_order "$T3" "v2 drain" "v2 sigterm" "broken start" "v2 start" ||
     fail "expected the events v2 drain, v2 sigterm, broken start, v2 start in this order"
 ID_AFTER="$(worker_id)"
-note "the agent keeps polling; the bad digest must stay out (watching for 6 s)"
+note "another nudge: the bad digest must stay out (watching for 6 s)"
+hub_nudge
 sleep 6
 if [ "$(worker_id)" != "$ID_AFTER" ] || ! health_version_is v2; then
     fail "the worker changed after the rollback (the bad digest was tried again?)"
@@ -339,10 +407,28 @@ else
     grep -o '"bad_digests"[^]]*]' "$STATE/state.json" | sed 's/^/    /'
 fi
 
-# --- 4. history, stop ----------------------------------------------------------------
+# --- 4. the hub decides -------------------------------------------------------------
 
-section "4. History ($STATE/history.jsonl)"
+section "4. The hub names v1 as this host's digest and nudges: the tag says otherwise, the hub decides"
+curl -fsS --max-time 5 -X PUT "$HUB_URL/mock/agents/$AGENT_ID/desired" \
+    -d "{\"repository\":\"$REPO\",\"digest\":\"$D_V1\"}" || fail "the mock hub did not take the desired digest"
+hub_nudge
+wait_until 120 "the worker answers as v1" health_version_is v1
+wait_until 30 "the container is labelled with v1's digest" worker_digest_is "$D_V1"
+wait_until 30 "the update back to v1 is in the history" history_has_second update "$D_V1" success
+wait_until 30 "the hub sees v1 registered" hub_sees_worker_with "$D_V1"
+show_managed
+
+# --- 5. history, stop ----------------------------------------------------------------
+
+section "5. History ($STATE/history.jsonl) and what the hub heard"
 print_history
+if command -v python3 >/dev/null; then
+    hub_get "agents/$AGENT_ID/reports" | python3 -c 'import json,sys
+r = json.load(sys.stdin)
+ev = [x["event"] for x in r if x.get("event")]
+print("    the hub got %d reports, %d with a history entry: %s" % (len(r), len(ev), ", ".join("%s/%s" % (e["kind"], e["outcome"]) for e in ev)))'
+fi
 
 section "Stop the agent: the worker keeps running"
 ID_BEFORE="$(worker_id)"
@@ -352,8 +438,8 @@ sleep 1
 if [ "$(worker_id)" != "$ID_BEFORE" ] || [ "$(dk inspect -f '{{.State.Running}}' "$WORKER")" != true ]; then
     fail "the worker did not survive the agent's stop"
 fi
-health_version_is v2 || fail "the worker stopped answering after the agent stopped"
+health_version_is v1 || fail "the worker stopped answering after the agent stopped"
 show_managed
 note "health: $(health)"
 
-section "DEMO OK: deploy, update with drain, rollback of a bad digest, agent stop without worker stop"
+section "DEMO OK: deploy, a nudged update with drain and hub registration, rollback of a bad digest, the hub deciding the digest, agent stop without worker stop"
