@@ -51,4 +51,3 @@ async fn kill9_after_a_bad_start_rolls_back() {
     let st = s.state();
     assert!(s.is_marked_bad(&bad), "{st}");
 }
-

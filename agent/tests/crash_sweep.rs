@@ -92,7 +92,10 @@ async fn once(point: &str, rep: usize) {
         assert!(st["pending"].is_null(), "{st}");
         assert_eq!(st["current_digest"], target, "{st}");
     } else {
-        assert_eq!(st["pending"]["to"], target, "the journal names the update: {st}");
+        assert_eq!(
+            st["pending"]["to"], target,
+            "the journal names the update: {st}"
+        );
     }
     let (expected_step, old_serves) = step_of(point);
     assert_eq!(step, expected_step, "{point}: the step on disk: {st}");
@@ -101,7 +104,10 @@ async fn once(point: &str, rep: usize) {
     if old_serves {
         let c = s.running().await.expect("the old worker runs");
         assert_eq!(c.digest.as_deref(), Some(v1.as_str()));
-        assert_eq!(s.health().await.expect("the old worker answers")["version"], "v1");
+        assert_eq!(
+            s.health().await.expect("the old worker answers")["version"],
+            "v1"
+        );
     }
 
     let agent = s.start_agent(&cfg);
@@ -138,7 +144,10 @@ async fn once(point: &str, rep: usize) {
             "{h:#?}"
         );
     }
-    assert_eq!(gaps.most_running, 1, "two managed workers ran at once: {gaps:?}");
+    assert_eq!(
+        gaps.most_running, 1,
+        "two managed workers ran at once: {gaps:?}"
+    );
     assert!(
         gaps.longest_none < MAX_GAP,
         "{point}: no worker ran for {:?} (limit {MAX_GAP:?})\n{}",
