@@ -12,7 +12,7 @@
 //! | --- | --- | --- |
 //! | `during-pull` | pulling | before the pull and create (inside the part a SIGTERM cancels, so it also stands for a pull that takes long) |
 //! | `after-pull` | pulling | `<name>-next` is created; the old worker serves |
-//! | `during-drain` | draining | the drain endpoint was told, jobs are still in flight |
+//! | `during-drain` | draining | the drain endpoint was told, jobs are still in flight (a maintenance drain's wait stops here too) |
 //! | `after-drain` | draining | no job in flight; the old worker still runs |
 //! | `after-restart-no` | swapping | the old worker's restart policy is `no`, it still runs (before the stop) |
 //! | `after-stop` | swapping | the old worker is stopped, not yet renamed |
