@@ -431,6 +431,39 @@ stable_for = "1s"
 impl Drop for Setup {
     fn drop(&mut self) {
         self.cleanup_engine();
+        self.remove_pulled_images();
+    }
+}
+
+impl Setup {
+    /// Removes the references the agents pulled from this test's registry
+    /// (by reference only: the image itself stays while other names hold it).
+    fn remove_pulled_images(&self) {
+        let Ok(out) = Command::new("docker")
+            .env("DOCKER_HOST", docker_host())
+            .args([
+                "images",
+                "--digests",
+                "--format",
+                "{{.Repository}}@{{.Digest}}",
+            ])
+            .output()
+        else {
+            return;
+        };
+        let repo = self.image_repo();
+        let refs: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.split('@').next() == Some(repo.as_str()) && !l.ends_with("<none>"))
+            .map(str::to_string)
+            .collect();
+        if !refs.is_empty() {
+            let _ = Command::new("docker")
+                .env("DOCKER_HOST", docker_host())
+                .arg("rmi")
+                .args(&refs)
+                .output();
+        }
     }
 }
 
