@@ -1512,9 +1512,11 @@ impl<E: Engine> Updater<E> {
                     _ => {}
                 }
                 self.state.pending = None;
+                failpoint::hit("before-commit-save").await;
                 self.save()?;
                 self.strikes.remove(&p.to);
                 self.history(p, Outcome::Success, None, Some(downtime));
+                failpoint::hit("after-commit-save").await;
                 self.last_error = None;
                 self.set_phase(Phase::Idle);
                 self.hub_drain(false, &format!("{} is verified", p.to))
@@ -1652,6 +1654,7 @@ impl<E: Engine> Updater<E> {
                         info!(in_flight = n, "waiting for in-flight jobs");
                     }
                     last = Some(n);
+                    failpoint::hit("during-drain").await;
                 }
                 Err(e) => warn!(error = %e, "in-flight jobs"),
             }
@@ -1852,9 +1855,11 @@ impl<E: Engine> Updater<E> {
             if c.digest.as_deref() != Some(to) && (c.running || c.restarting) {
                 info!(container = %c.name, digest = c.digest.as_deref().unwrap_or("-"), "stopping the old worker");
                 self.engine.set_restart(&c.id, "no", None).await?;
+                failpoint::hit("after-restart-no").await;
                 self.engine.stop(&c.id, self.worker.stop_timeout).await?;
             }
         }
+        failpoint::hit("after-stop").await;
         // Park the old container as <name>-prev for a fast rollback; anything else in the way goes.
         for c in &cs {
             if c.digest.as_deref() == Some(to) {
@@ -1869,7 +1874,6 @@ impl<E: Engine> Updater<E> {
                 self.engine.remove(&c.id).await?;
             }
         }
-        failpoint::hit("after-stop").await;
         let new = match cs.iter().find(|c| c.digest.as_deref() == Some(to)) {
             Some(c) => c.clone(),
             None => {
@@ -1888,6 +1892,7 @@ impl<E: Engine> Updater<E> {
         if new.name != name {
             self.engine.rename(&new.id, &name).await?;
         }
+        failpoint::hit("after-rename").await;
         let xid_base = self.gpu.as_ref().map_or(0, |g| g.last_xid_seq());
         if !new.running {
             info!(digest = %to, "starting the new worker");
@@ -2019,6 +2024,10 @@ impl<E: Engine> Updater<E> {
                     );
                     return Ok(first_healthy.unwrap_or(now));
                 }
+                // An update's verification (the rollback's has no XID base).
+                if xid_base.is_some() {
+                    failpoint::hit("during-verify").await;
+                }
             } else if let Some(since) = healthy_since.take() {
                 warn!(healthy_for_ms = now.duration_since(since).as_millis() as u64, problem = %last_problem,
                       "the new worker was healthy, then not");
@@ -2132,6 +2141,7 @@ impl<E: Engine> Updater<E> {
                 self.engine.start(&id).await?;
             }
         }
+        failpoint::hit("after-rollback-start").await;
         if old_kept_running {
             if let Some(url) = self.worker.drain.http.clone() {
                 if let Err(e) = self.probe.drain_cancel(&url).await {

@@ -431,6 +431,39 @@ stable_for = "1s"
 impl Drop for Setup {
     fn drop(&mut self) {
         self.cleanup_engine();
+        self.remove_pulled_images();
+    }
+}
+
+impl Setup {
+    /// Removes the references the agents pulled from this test's registry
+    /// (by reference only: the image itself stays while other names hold it).
+    fn remove_pulled_images(&self) {
+        let Ok(out) = Command::new("docker")
+            .env("DOCKER_HOST", docker_host())
+            .args([
+                "images",
+                "--digests",
+                "--format",
+                "{{.Repository}}@{{.Digest}}",
+            ])
+            .output()
+        else {
+            return;
+        };
+        let repo = self.image_repo();
+        let refs: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.split('@').next() == Some(repo.as_str()) && !l.ends_with("<none>"))
+            .map(str::to_string)
+            .collect();
+        if !refs.is_empty() {
+            let _ = Command::new("docker")
+                .env("DOCKER_HOST", docker_host())
+                .arg("rmi")
+                .args(&refs)
+                .output();
+        }
     }
 }
 
@@ -622,4 +655,103 @@ pub fn fake_nvml(dir: &Path) -> PathBuf {
     });
     std::fs::copy(built, dir.join("libnvidia-ml.so.1")).unwrap();
     dir.to_path_buf()
+}
+
+// ---- kill -9 tests: watching the engine, and what a converged host is ----
+
+/// Watches the engine from a task (every ~100 ms) while an agent is killed and
+/// restarted: the longest time no managed worker ran, and the most that ran at once.
+pub struct Watch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<Gaps>,
+}
+
+/// What a [`Watch`] saw.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gaps {
+    /// The longest stretch with no managed worker running.
+    pub longest_none: Duration,
+    /// The most managed workers seen running at once.
+    pub most_running: usize,
+    /// How many times the engine was asked.
+    pub samples: u64,
+}
+
+impl Watch {
+    pub async fn start(s: &Setup) -> Watch {
+        let engine = s.engine().await;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut g = Gaps::default();
+            let mut none_since: Option<Instant> = None;
+            while !flag.load(Ordering::SeqCst) {
+                let now = Instant::now();
+                if let Ok(cs) = engine.list_managed().await {
+                    g.samples += 1;
+                    let n = cs.iter().filter(|c| c.running).count();
+                    g.most_running = g.most_running.max(n);
+                    match (n, none_since) {
+                        (0, None) => none_since = Some(now),
+                        (0, Some(_)) => {}
+                        (_, Some(t)) => {
+                            g.longest_none = g.longest_none.max(now - t);
+                            none_since = None;
+                        }
+                        _ => {}
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if let Some(t) = none_since {
+                g.longest_none = g.longest_none.max(Instant::now() - t);
+            }
+            g
+        });
+        Watch { stop, task }
+    }
+
+    pub async fn finish(self) -> Gaps {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.unwrap()
+    }
+}
+
+impl Setup {
+    /// Waits until the host has converged on `digest` (`version`), then checks
+    /// every invariant of a settled host: exactly one managed container, named
+    /// as the worker (no `-next`/`-prev` left), running and healthy; the state
+    /// file parses, has no update pending and names the running container's
+    /// `gpu-agent.digest` label as current; every history line parses.
+    pub async fn assert_converged(&self, digest: &str, version: &str, agent: &Agent) {
+        let settled = wait_for(WAIT, || async {
+            let cs = self.managed().await;
+            let [c] = cs.as_slice() else { return None };
+            (c.running && c.name == self.name && c.digest.as_deref() == Some(digest))
+                .then_some(())?;
+            let st = self.state();
+            (st["pending"].is_null() && st["current_digest"] == digest).then_some(())?;
+            (self.health().await?["version"] == version).then_some(())
+        })
+        .await;
+        if settled.is_none() {
+            panic!(
+                "never converged on {version} ({digest}): containers {:#?}\nstate {}\nagent log:\n{}",
+                self.managed().await,
+                self.state(),
+                agent.log()
+            );
+        }
+        let text = std::fs::read_to_string(self.state_dir().join("state.json")).unwrap();
+        let st: Value = serde_json::from_str(&text).expect("state.json parses");
+        let cs = self.managed().await;
+        assert_eq!(cs.len(), 1, "left over containers: {cs:#?}");
+        assert_eq!(
+            Some(st["current_digest"].as_str().unwrap()),
+            cs[0].digest.as_deref(),
+            "state {st} against the engine {cs:#?}"
+        );
+        assert!(st["pending"].is_null(), "{st}");
+        assert!(!self.history().is_empty());
+    }
 }
