@@ -197,6 +197,42 @@ async fn a_hub_token_file_readable_by_all_is_warned_about() {
     assert!(!log.contains(TOKEN), "the token was logged");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_auth_file_readable_by_all_is_warned_about() {
+    let s = Setup::new("sec-loose-auth");
+    let auth_file = s.dir.path().join("registry-auth.json");
+    std::fs::write(
+        &auth_file,
+        format!(
+            "{{\"auths\": {{\"{}\": {{\"auth\": \"{}\"}}}}}}",
+            s.registry.host(),
+            base64_encode(&format!("fleet:{PASSWORD}"))
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&auth_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let v1 = s.push("v1", "stable");
+    let agent = s.start_agent(&s.config(
+        &format!("tag = \"stable\"\nauth_file = \"{}\"", auth_file.display()),
+        &s.env(""),
+        "",
+    ));
+    s.wait_history(&v1, "success", &agent).await;
+    agent.wait_log("registry auth file").await;
+    let log = agent.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("readable by every user"))
+        .expect("a warning about the auth file's mode");
+    assert!(line.contains("644") && line.contains("registry-auth.json"), "{line}");
+    assert_eq!(
+        log.matches("the registry auth file").count(),
+        1,
+        "warned once, not at every poll"
+    );
+    assert!(!log.contains(PASSWORD));
+}
+
 #[test]
 fn tls_is_rustls_only_no_openssl_or_native_tls_in_the_normal_dependencies() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
