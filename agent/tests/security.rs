@@ -224,7 +224,10 @@ async fn a_registry_auth_file_readable_by_all_is_warned_about() {
         .lines()
         .find(|l| l.contains("readable by every user"))
         .expect("a warning about the auth file's mode");
-    assert!(line.contains("644") && line.contains("registry-auth.json"), "{line}");
+    assert!(
+        line.contains("644") && line.contains("registry-auth.json"),
+        "{line}"
+    );
     assert_eq!(
         log.matches("the registry auth file").count(),
         1,
