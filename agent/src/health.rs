@@ -386,6 +386,7 @@ mod tests {
             status: "running".into(),
             exit_code: None,
             restart_count: 0,
+            started_at: None,
             health: HealthState::None,
             error: None,
         }

@@ -198,6 +198,7 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
                 match watchdog.alive(updater.nudged(&nudge)).await {
                     Ok(outcome) => log_outcome(&outcome),
                     Err(e) => {
+                        updater.note_error(&e);
                         error!(error = %crate::error_chain(&e), "check after a nudge failed; the worker is left as it is; the next poll tries again")
                     }
                 }
@@ -218,6 +219,7 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
                         poll + jitter(settings.image.poll_jitter)
                     }
                     Err(e) => {
+                        updater.note_error(&e);
                         failures += 1;
                         let wait = backoff(failures, RETRY_CAP.min(poll))
                             + jitter(settings.image.poll_jitter);
@@ -385,7 +387,10 @@ async fn run_job<E: crate::docker::Engine>(updater: &mut Updater<E>, job: Job) {
     };
     match &r {
         Ok(o) => log_outcome(o),
-        Err(e) => error!(error = %crate::error_chain(e), "action failed"),
+        Err(e) => {
+            updater.note_error(e);
+            error!(error = %crate::error_chain(e), "action failed")
+        }
     }
     drop(ticket);
     let _ = reply.send(action_result(r, updater.state().current_digest.clone()));
@@ -411,12 +416,21 @@ async fn start_gpu(settings: &Settings) -> Option<Arc<dyn crate::gpu::GpuProbe>>
 }
 
 fn registry_client(settings: &Settings) -> anyhow::Result<RegistryClient> {
-    RegistryClient::new(ClientOptions {
+    let mut opts = ClientOptions {
         insecure: settings.image.insecure,
         auth_file: settings.image.auth_file.clone(),
         ..ClientOptions::default()
-    })
-    .context("building the registry client")
+    };
+    // Test builds only: a registry slower than the request timeout can be
+    // shown without waiting 4 x 30 s (agent/tests/faults.rs).
+    #[cfg(feature = "failpoints")]
+    if let Some(secs) = std::env::var("GPU_AGENT_TEST_REGISTRY_TIMEOUT_S")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        opts.request_timeout = std::time::Duration::from_secs(secs);
+    }
+    RegistryClient::new(opts).context("building the registry client")
 }
 
 /// Reads the config again. A config that does not load, or that changes what

@@ -144,6 +144,7 @@ fn to_container(r: bollard::models::ContainerInspectResponse) -> Container {
         status: state.status.map(|s| s.to_string()).unwrap_or_default(),
         exit_code: state.exit_code,
         restart_count: r.restart_count.unwrap_or(0),
+        started_at: state.started_at.clone().filter(|s| !s.is_empty()),
         health,
         error: state.error.filter(|e| !e.is_empty()),
     }

@@ -127,6 +127,7 @@ impl Entry {
             .to_string(),
             exit_code: Some(self.exit_code.unwrap_or(0)),
             restart_count: self.restart_count,
+            started_at: None,
             health: if self.running {
                 self.health
             } else {

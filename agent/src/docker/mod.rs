@@ -49,6 +49,9 @@ pub struct Container {
     pub status: String,
     pub exit_code: Option<i64>,
     pub restart_count: i64,
+    /// When the engine last started it (RFC 3339, as the engine says): a
+    /// change without a restart of its own means the engine restarted it.
+    pub started_at: Option<String>,
     pub health: HealthState,
     /// The engine's own error text for the last start, if any.
     pub error: Option<String>,

@@ -189,6 +189,26 @@ pub(super) fn normalise_key(key: &str) -> String {
     }
 }
 
+/// Warns (once per file and mode) when the auth file, which holds registry
+/// passwords, is readable by every user.
+fn warn_if_readable_by_all(path: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    static WARNED: std::sync::Mutex<BTreeMap<PathBuf, u32>> =
+        std::sync::Mutex::new(BTreeMap::new());
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o004 == 0 {
+        return;
+    }
+    let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+    if warned.insert(path.to_path_buf(), mode) != Some(mode) {
+        tracing::warn!(path = %path.display(), mode = format!("{mode:o}"),
+            "the registry auth file (image.auth_file) is readable by every user: chmod 600 (or 640 with group gpu-agent)");
+    }
+}
+
 /// Finds the credentials for `registry` (see the module docs for the order).
 pub(super) async fn lookup(
     auth_file: Option<&Path>,
@@ -205,6 +225,7 @@ pub(super) async fn lookup(
             path: path.to_path_buf(),
             source,
         })?;
+    warn_if_readable_by_all(path);
     let parse_error = |reason: String| RegistryError::ParseAuthFile {
         path: path.to_path_buf(),
         reason,

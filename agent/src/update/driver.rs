@@ -321,6 +321,14 @@ impl<E: Engine> Updater<E> {
         self.publish();
     }
 
+    /// An error that ended a check or an action (a state write that failed,
+    /// an engine that cannot be asked): `agentctl status` shows it as
+    /// `last_error` until something succeeds.
+    pub fn note_error(&mut self, e: &UpdateError) {
+        self.last_error = Some(crate::error_chain(e));
+        self.publish();
+    }
+
     fn save(&self) -> Result<(), UpdateError> {
         self.journal.save(&self.state)?;
         self.publish();
@@ -1356,7 +1364,13 @@ impl<E: Engine> Updater<E> {
             pin,
         };
         self.state.pending = Some(p.clone());
-        self.set_step(Step::Pulling)?;
+        if let Err(e) = self.set_step(Step::Pulling) {
+            // Not written, so not begun (a full disk): nothing is in
+            // progress, and the next check or action may try again.
+            self.state.pending = None;
+            self.publish();
+            return Err(e);
+        }
 
         // 1. Pre-pull and create the new container while the old one serves.
         // A stop of the agent ends a pull at once: the old worker was not touched.
@@ -1913,6 +1927,7 @@ impl<E: Engine> Updater<E> {
         let mut first_healthy: Option<Instant> = None;
         let mut healthy_since: Option<Instant> = None;
         let mut restarts: Option<i64> = None;
+        let mut started: Option<Option<String>> = None;
         let mut last_problem = String::from("no answer yet");
         let mut engine_trouble = false;
         let stopped = || {
@@ -1955,6 +1970,12 @@ impl<E: Engine> Updater<E> {
                 Err(e) if e.is_engine_down() => {
                     last_problem = crate::error_chain(&e);
                     engine_trouble = true;
+                    // Unobserved time is not stable time: the engine may have
+                    // taken the worker down with it (a dockerd restart).
+                    if healthy_since.take().is_some() {
+                        warn!(problem = %last_problem,
+                              "the engine cannot be asked during the verification; the worker must be stable again once it answers");
+                    }
                     None
                 }
                 Err(e) => return Err(Failure::from_error(&e.into())),
@@ -1990,6 +2011,16 @@ impl<E: Engine> Updater<E> {
                     Blame::Image
                 };
                 return Err(Failure { error, blame });
+            }
+            // Started again with no restart of its own: the engine restarted
+            // (and took the worker down) between two looks.
+            let first_start = started.get_or_insert_with(|| c.started_at.clone());
+            if c.started_at.is_some() && *first_start != c.started_at {
+                *first_start = c.started_at.clone();
+                engine_trouble = true;
+                if healthy_since.take().is_some() {
+                    warn!("the engine restarted the new worker during the verification; it must be stable again");
+                }
             }
             let healthy = if let Some(url) = &h.http {
                 match self.probe.health(url).await {
