@@ -102,6 +102,19 @@ impl Hubbed {
     }
 }
 
+/// `agentctl check ARGS`, asked again while the agent is still finishing
+/// the last update (exit 4: its commit is written a moment before it is idle).
+async fn check(s: &Setup, args: &[&str]) -> Run {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = ctl(s, args).await;
+        if r.code != 4 || std::time::Instant::now() > deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn drain_table(s: &Setup) -> String {
     format!(
         "[worker.drain]\nhttp = \"{}\"\ntimeout = \"60s\"\n",
@@ -125,7 +138,7 @@ async fn the_hubs_desired_digest_is_the_target_and_204_falls_back_to_the_registr
 
     // No opinion (204): the registry's tag decides again, at the next check.
     h.hub.set_desired(h.id(), None);
-    ctl(s, &["check", "--wait"]).await.expect(0);
+    check(s, &["check", "--wait"]).await.expect(0);
     s.wait_running(&v1, "v1", &agent).await;
     let e = s.wait_history(&v1, "success", &agent).await;
     assert_eq!(e["trigger"], "cli");
@@ -138,7 +151,7 @@ async fn the_hubs_desired_digest_is_the_target_and_204_falls_back_to_the_registr
             digest: v2.clone(),
         }),
     );
-    let r = ctl(s, &["check", "--wait", "--json"]).await;
+    let r = check(s, &["check", "--wait", "--json"]).await;
     assert_eq!(r.code, 1, "{r:#?}");
     assert!(r.stdout.contains("image.repository"), "{r:#?}");
     assert_eq!(
@@ -383,7 +396,7 @@ async fn garbage_a_wrong_token_and_a_slow_hub_leave_the_worker_and_status_says_w
         (Mode::Slow(Duration::from_secs(8)), "no answer within"),
     ] {
         h.hub.set_mode(mode.clone());
-        let r = ctl(s, &["check", "--wait", "--json"]).await;
+        let r = check(s, &["check", "--wait", "--json"]).await;
         assert_eq!(r.code, 0, "{mode:?}: {r:#?}");
         let st = ctl(s, &["status", "--json"]).await.json();
         let err = st["hub"]["last_error"].as_str().unwrap_or_default();
@@ -401,7 +414,7 @@ async fn garbage_a_wrong_token_and_a_slow_hub_leave_the_worker_and_status_says_w
 
     h.hub.set_mode(Mode::Normal);
     h.desired(&v2);
-    ctl(s, &["check", "--wait"]).await.expect(0);
+    check(s, &["check", "--wait"]).await.expect(0);
     s.wait_running(&v2, "v2", &agent).await;
     let st = ctl(s, &["status", "--json"]).await.json();
     assert!(st["hub"]["last_error"].is_null(), "{st:#}");
@@ -424,7 +437,7 @@ async fn a_hub_down_for_a_whole_update_leaves_the_worker_alone_until_it_is_back(
 
     h.hub.stop().await;
     let v2 = s.push("v2", "stable");
-    let r = ctl(s, &["check", "--wait", "--json"]).await;
+    let r = check(s, &["check", "--wait", "--json"]).await;
     assert_eq!(r.code, 1, "{r:#?}");
     assert!(r.stdout.contains("hub.verify_registration"), "{r:#?}");
     let st = ctl(s, &["status", "--json"]).await.json();
@@ -441,7 +454,7 @@ async fn a_hub_down_for_a_whole_update_leaves_the_worker_alone_until_it_is_back(
     assert_eq!(s.history(), history);
 
     h.hub.restart().await.unwrap();
-    ctl(s, &["check", "--wait"]).await.expect(0);
+    check(s, &["check", "--wait"]).await.expect(0);
     s.wait_running(&v2, "v2", &agent).await;
     assert_eq!(h.hub.worker(h.id()).digest.as_deref(), Some(v2.as_str()));
 }
@@ -455,7 +468,7 @@ async fn without_a_drain_endpoint_the_hubs_in_flight_count_is_the_drain_signal()
     s.wait_history(&v1, "success", &agent).await;
     h.hub.set_worker_in_flight(h.id(), 2);
     let v2 = s.push("v2", "stable");
-    ctl(s, &["check"]).await.expect(0);
+    check(s, &["check"]).await.expect(0);
     let st = wait_for(WAIT, || async {
         let st = ctl(s, &["status", "--json"]).await.json();
         (st["phase"] == "draining").then_some(st)
@@ -498,7 +511,7 @@ async fn a_resume_notice_the_hub_missed_is_sent_again_at_the_next_check() {
     // endpoint drains it, the update goes through, the hub hears nothing.
     h.hub.set_mode(Mode::Down);
     let v2 = s.push("v2", "stable");
-    ctl(s, &["check", "--wait"]).await.expect(0);
+    check(s, &["check", "--wait"]).await.expect(0);
     s.wait_history(&v2, "success", &agent).await;
     assert!(h.hub.drains(h.id()).is_empty());
     assert_eq!(
@@ -508,7 +521,7 @@ async fn a_resume_notice_the_hub_missed_is_sent_again_at_the_next_check() {
     );
 
     h.hub.set_mode(Mode::Normal);
-    ctl(s, &["check", "--wait"]).await.expect(0);
+    check(s, &["check", "--wait"]).await.expect(0);
     let d = h.hub.drains(h.id());
     assert_eq!(d.len(), 1, "{d:?}");
     assert!(!d[0].draining);
@@ -528,7 +541,7 @@ async fn a_stopping_agent_still_reports_the_update_its_stop_aborted() {
     ));
     s.wait_history(&v1, "success", &agent).await;
     let v2 = s.push("v2", "stable");
-    ctl(s, &["check"]).await.expect(0);
+    check(s, &["check"]).await.expect(0);
     let draining = wait_for(WAIT, || async {
         let st = ctl(s, &["status", "--json"]).await.json();
         (st["phase"] == "draining").then_some(())
