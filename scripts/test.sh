@@ -82,7 +82,7 @@ cargo build --workspace --all-targets --features gpu-agent/failpoints
 
 section "Tests (--test-threads=${TEST_THREADS:-4})"
 rc=0
-cargo test --workspace --features gpu-agent/failpoints "${cargo_args[@]}" \
+cargo test --workspace --no-fail-fast --features gpu-agent/failpoints "${cargo_args[@]}" \
     -- --test-threads="${TEST_THREADS:-4}" "${bin_args[@]}" || rc=$?
 
 install_result=skipped
