@@ -103,6 +103,11 @@ impl Hub {
         };
         let mut opts = HubOptions::new(h.url.clone(), settings.agent.id.clone(), token);
         opts.timeout = CALL_TIMEOUT;
+        if let Some(p) = &settings.agent.ca_file {
+            opts.extra_roots = crate::config::read_ca_file(p).map_err(|what| HubError::Setup {
+                what: format!("agent.ca_file: {what}"),
+            })?;
+        }
         let client = HubClient::new(opts)?;
         // Read the token once now, so a missing or loose file is said at start.
         if let Err(e) = client.options().token.get() {

@@ -43,6 +43,8 @@ pub struct HubOptions {
     /// The event stream is given up (and reopened by the caller) when nothing,
     /// not even a comment, arrives for this long.
     pub stream_idle_timeout: Duration,
+    /// Extra CA certificates trusted beside the system's roots.
+    pub extra_roots: Vec<reqwest::Certificate>,
 }
 
 impl HubOptions {
@@ -56,6 +58,7 @@ impl HubOptions {
             retries: 2,
             retry_base: Duration::from_millis(250),
             stream_idle_timeout: Duration::from_secs(90),
+            extra_roots: Vec::new(),
         }
     }
 }
@@ -94,11 +97,13 @@ impl HubClient {
             .user_agent(ua)
             .timeout(opts.timeout)
             .connect_timeout(connect)
+            .tls_certs_merge(opts.extra_roots.iter().cloned())
             .build()
             .map_err(setup)?;
         let stream_http = reqwest::Client::builder()
             .user_agent(ua)
             .connect_timeout(connect)
+            .tls_certs_merge(opts.extra_roots.iter().cloned())
             .build()
             .map_err(setup)?;
         Ok(HubClient {

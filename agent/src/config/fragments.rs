@@ -29,6 +29,7 @@ pub struct AgentFragment {
     pub control_socket: Option<String>,
     pub metrics_listen: Option<String>,
     pub stop_budget: Option<DurationStr>,
+    pub ca_file: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

@@ -31,6 +31,9 @@ pub struct AgentSettings {
     /// started before the agent exits (the journal resumes it at the next
     /// start). systemd's TimeoutStopSec must exceed this plus `worker.stop_timeout`.
     pub stop_budget: Duration,
+    /// Extra CA certificates (PEM) that the registry and hub clients trust
+    /// beside the system's roots; checked when the config loads.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -178,8 +181,13 @@ pub(super) fn validate(f: Fragment, o: &Origin) -> Result<Settings, ConfigError>
         ),
         metrics_listen,
         stop_budget: agent.stop_budget.map_or(Duration::from_secs(60), |d| d.0),
+        ca_file: agent.ca_file.map(PathBuf::from),
     };
     absolute(&agent.state_dir, "agent.state_dir", o)?;
+    if let Some(p) = &agent.ca_file {
+        absolute(p, "agent.ca_file", o)?;
+        read_ca_file(p).map_err(|why| o.invalid("agent.ca_file", why))?;
+    }
     absolute(&agent.control_socket, "agent.control_socket", o)?;
 
     let docker_host = f
@@ -424,6 +432,21 @@ fn host_name() -> Option<String> {
         .ok()
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
+}
+
+/// The certificates of a PEM bundle (`agent.ca_file`). `Err` says what is
+/// wrong with the file, for the config error.
+pub fn read_ca_file(p: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem = std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("{} is not a PEM certificate bundle: {e}", p.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{} holds no certificate (expected PEM: -----BEGIN CERTIFICATE-----)",
+            p.display()
+        ));
+    }
+    Ok(certs)
 }
 
 fn absolute(p: &std::path::Path, key: &str, o: &Origin) -> Result<(), ConfigError> {

@@ -416,9 +416,15 @@ async fn start_gpu(settings: &Settings) -> Option<Arc<dyn crate::gpu::GpuProbe>>
 }
 
 fn registry_client(settings: &Settings) -> anyhow::Result<RegistryClient> {
+    #[cfg_attr(not(feature = "failpoints"), allow(unused_mut))]
     let mut opts = ClientOptions {
         insecure: settings.image.insecure,
         auth_file: settings.image.auth_file.clone(),
+        extra_roots: match &settings.agent.ca_file {
+            Some(p) => crate::config::read_ca_file(p)
+                .map_err(|why| anyhow::anyhow!("agent.ca_file: {why}"))?,
+            None => Vec::new(),
+        },
         ..ClientOptions::default()
     };
     // Test builds only: a registry slower than the request timeout can be

@@ -53,6 +53,7 @@ impl RegistryClient {
             .timeout(opts.request_timeout)
             .connect_timeout(opts.request_timeout.min(Duration::from_secs(10)))
             .https_only(!opts.insecure)
+            .tls_certs_merge(opts.extra_roots.iter().cloned())
             .build()
             .map_err(|source| RegistryError::Client { source })?;
         let retry = RetryPolicy {

@@ -88,6 +88,8 @@ pub struct ClientOptions {
     pub retry_base_delay: Duration,
     /// Where to find `docker-credential-<name>` helpers; `None` searches `PATH`.
     pub helper_dir: Option<PathBuf>,
+    /// Extra CA certificates trusted beside the system's roots (`agent.ca_file`).
+    pub extra_roots: Vec<reqwest::Certificate>,
 }
 
 impl Default for ClientOptions {
@@ -100,6 +102,7 @@ impl Default for ClientOptions {
             helper_timeout: Duration::from_secs(10),
             retry_base_delay: Duration::from_millis(500),
             helper_dir: None,
+            extra_roots: Vec::new(),
         }
     }
 }
