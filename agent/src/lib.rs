@@ -9,6 +9,8 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod docker;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gpu;
 pub mod health;
 pub mod hub;

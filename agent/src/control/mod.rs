@@ -7,6 +7,6 @@
 //! refused (409) with the reason.
 
 pub mod api;
-mod server;
+pub(crate) mod server;
 
 pub use server::{bind, serve, status_of, Action, ControlError, ControlState, HealthSource, Job};

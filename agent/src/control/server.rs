@@ -261,7 +261,7 @@ async fn history(
 }
 
 /// Parses a JSON body (an empty body is `{}`); malformed input is a 400 that says why.
-fn body<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> Result<T, String> {
+pub(crate) fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {
@@ -291,7 +291,7 @@ fn busy(v: &View) -> Option<String> {
 }
 
 /// Why `action` cannot start now, if it cannot.
-fn refusal(action: &Action, v: &View) -> Option<String> {
+pub(crate) fn refusal(action: &Action, v: &View) -> Option<String> {
     let st = &v.state;
     let drained = || {
         st.drained.then(|| {
@@ -408,36 +408,44 @@ async fn check(State(s): State<ControlState>, bytes: Bytes) -> Response {
     }
 }
 
-async fn update(State(s): State<ControlState>, bytes: Bytes) -> Response {
-    let req: UpdateRequest = match body(&bytes) {
-        Ok(r) => r,
-        Err(why) => return error(StatusCode::BAD_REQUEST, why),
-    };
+/// The `update` call's body as an action; an `Err` is the 400's text.
+pub(crate) fn update_action(bytes: &[u8]) -> Result<Action, String> {
+    let req: UpdateRequest = body(bytes)?;
     if !is_sha256_digest(&req.digest) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "{:?} is not a digest: write sha256:<64 hex digits>",
-                req.digest
-            ),
-        );
+        return Err(format!(
+            "{:?} is not a digest: write sha256:<64 hex digits>",
+            req.digest
+        ));
     }
-    run(&s, Action::Update { digest: req.digest }).await
+    Ok(Action::Update { digest: req.digest })
 }
 
-async fn drain(State(s): State<ControlState>, bytes: Bytes) -> Response {
-    let req: DrainRequest = match body(&bytes) {
-        Ok(r) => r,
-        Err(why) => return error(StatusCode::BAD_REQUEST, why),
-    };
+async fn update(State(s): State<ControlState>, bytes: Bytes) -> Response {
+    match update_action(&bytes) {
+        Ok(action) => run(&s, action).await,
+        Err(why) => error(StatusCode::BAD_REQUEST, why),
+    }
+}
+
+/// The `drain` call's body as an action and its `wait`; an `Err` is the 400's text.
+pub(crate) fn drain_action(bytes: &[u8]) -> Result<(Action, bool), String> {
+    let req: DrainRequest = body(bytes)?;
     let timeout = match req.timeout.as_deref().map(crate::config::parse_duration) {
         None => None,
         Some(Ok(t)) => Some(t),
-        Some(Err(why)) => return error(StatusCode::BAD_REQUEST, format!("drain timeout: {why}")),
+        Some(Err(why)) => return Err(format!("drain timeout: {why}")),
     };
     let reason = req.reason.filter(|r| !r.trim().is_empty());
-    match submit(&s, Action::Drain { reason, timeout }).await {
-        Ok(rx) if req.wait => answer(rx).await,
+    Ok((Action::Drain { reason, timeout }, req.wait))
+}
+
+async fn drain(State(s): State<ControlState>, bytes: Bytes) -> Response {
+    let (action, wait) = match drain_action(&bytes) {
+        Ok(r) => r,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
+    match submit(&s, action).await {
+        Ok(rx) if wait => answer(rx).await,
         Ok(_) => started(),
         Err(resp) => resp,
     }
@@ -510,21 +518,20 @@ async fn rollback(State(s): State<ControlState>, bytes: Bytes) -> Response {
     run(&s, Action::Rollback).await
 }
 
+/// The `pin` call's body as an action; an `Err` is the 400's text.
+pub(crate) fn pin_action(bytes: &[u8]) -> Result<Action, String> {
+    let req: PinRequest = body(bytes)?;
+    check_reference(&req.reference)?;
+    Ok(Action::Pin {
+        reference: req.reference,
+    })
+}
+
 async fn pin(State(s): State<ControlState>, bytes: Bytes) -> Response {
-    let req: PinRequest = match body(&bytes) {
-        Ok(r) => r,
-        Err(why) => return error(StatusCode::BAD_REQUEST, why),
-    };
-    if let Err(why) = check_reference(&req.reference) {
-        return error(StatusCode::BAD_REQUEST, why);
+    match pin_action(&bytes) {
+        Ok(action) => run(&s, action).await,
+        Err(why) => error(StatusCode::BAD_REQUEST, why),
     }
-    run(
-        &s,
-        Action::Pin {
-            reference: req.reference,
-        },
-    )
-    .await
 }
 
 async fn unpin(State(s): State<ControlState>, bytes: Bytes) -> Response {
@@ -542,10 +549,10 @@ async fn health(State(s): State<ControlState>) -> Response {
 /// A call without parameters takes no body or `{}`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Empty {}
+pub(crate) struct Empty {}
 
 /// A pin names a digest or a tag (the OCI tag grammar).
-fn check_reference(r: &str) -> Result<(), String> {
+pub(crate) fn check_reference(r: &str) -> Result<(), String> {
     if r.starts_with("sha256:") {
         return if is_sha256_digest(r) {
             Ok(())
@@ -721,6 +728,40 @@ mod tests {
         ] {
             assert!(check_reference(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn request_bodies_become_checked_actions() {
+        let d = format!("sha256:{}", "ab".repeat(32));
+        let body = format!(r#"{{"digest": "{d}"}}"#);
+        assert_eq!(
+            update_action(body.as_bytes()),
+            Ok(Action::Update { digest: d.clone() })
+        );
+        assert!(update_action(br#"{"digest": "latest"}"#)
+            .unwrap_err()
+            .contains("not a digest"));
+        assert_eq!(
+            drain_action(br#"{"reason": " ", "timeout": "10m", "wait": true}"#),
+            Ok((
+                Action::Drain {
+                    reason: None,
+                    timeout: Some(Duration::from_secs(600))
+                },
+                true
+            ))
+        );
+        assert!(drain_action(br#"{"timeout": "soon"}"#)
+            .unwrap_err()
+            .starts_with("drain timeout"));
+        assert_eq!(
+            pin_action(br#"{"reference": "v2.4"}"#),
+            Ok(Action::Pin {
+                reference: "v2.4".into()
+            })
+        );
+        assert!(pin_action(br#"{"reference": "-x"}"#).is_err());
+        assert!(pin_action(b"").unwrap_err().contains("malformed"));
     }
 
     #[test]

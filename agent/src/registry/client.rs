@@ -362,39 +362,50 @@ impl<'a> Session<'a> {
             let what = format!("tag {tag:?} of {}", self.image);
             return Err(self.unexpected(&what, &url, resp).await);
         }
-        let garbage = |reason: String| RegistryError::Garbage {
+        digest_from_head(
+            resp.headers().get(CONTENT_TYPE),
+            resp.headers().get("docker-content-digest"),
+        )
+        .map_err(|reason| RegistryError::Garbage {
             url: url.to_string(),
             reason,
-        };
-        if let Some(content_type) = resp.headers().get(CONTENT_TYPE) {
-            let content_type = content_type.to_str().unwrap_or("");
-            let media_type = content_type.split(';').next().unwrap_or("").trim();
-            if !MANIFEST_MEDIA_TYPES.contains(&media_type) {
-                return Err(garbage(format!(
-                    "manifest of media type {content_type:?}, not one of the four asked for"
-                )));
-            }
-        }
-        let digest = resp
-            .headers()
-            .get("docker-content-digest")
-            .ok_or_else(|| garbage("HEAD answer without a Docker-Content-Digest header".into()))?
-            .to_str()
-            .map_err(|_| garbage("Docker-Content-Digest is not text".into()))?
-            .trim()
-            .to_string();
-        if !is_sha256_digest(&digest) {
-            return Err(garbage(format!(
-                "Docker-Content-Digest {:?} is not sha256:<64 hex digits>",
-                digest.chars().take(100).collect::<String>()
-            )));
-        }
-        Ok(digest)
+        })
     }
 }
 
+/// The digest of a manifest HEAD answer, from its `Content-Type` and
+/// `Docker-Content-Digest` headers (the agent reads no manifest body); an
+/// `Err` says what is wrong with them.
+pub(super) fn digest_from_head(
+    content_type: Option<&HeaderValue>,
+    digest: Option<&HeaderValue>,
+) -> Result<String, String> {
+    if let Some(content_type) = content_type {
+        let content_type = content_type.to_str().unwrap_or("");
+        let media_type = content_type.split(';').next().unwrap_or("").trim();
+        if !MANIFEST_MEDIA_TYPES.contains(&media_type) {
+            return Err(format!(
+                "manifest of media type {content_type:?}, not one of the four asked for"
+            ));
+        }
+    }
+    let digest = digest
+        .ok_or("HEAD answer without a Docker-Content-Digest header")?
+        .to_str()
+        .map_err(|_| "Docker-Content-Digest is not text")?
+        .trim()
+        .to_string();
+    if !is_sha256_digest(&digest) {
+        return Err(format!(
+            "Docker-Content-Digest {:?} is not sha256:<64 hex digits>",
+            digest.chars().take(100).collect::<String>()
+        ));
+    }
+    Ok(digest)
+}
+
 /// Tags are `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`; anything else never reaches a URL.
-fn check_tag(tag: &str) -> Result<(), RegistryError> {
+pub(super) fn check_tag(tag: &str) -> Result<(), RegistryError> {
     let ok = (1..=128).contains(&tag.len())
         && tag
             .bytes()
@@ -451,7 +462,7 @@ pub(super) async fn status_error(url: &str, resp: Response) -> RegistryError {
 }
 
 /// `CODE: message` of the first entry of a distribution error body, else the text.
-fn error_detail(body: &[u8]) -> String {
+pub(super) fn error_detail(body: &[u8]) -> String {
     #[derive(serde::Deserialize)]
     struct Errors {
         errors: Vec<Entry>,
@@ -512,6 +523,24 @@ mod tests {
         ] {
             assert!(check_tag(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn head_answers_give_a_checked_digest() {
+        let h = |s: &str| HeaderValue::from_str(s).unwrap();
+        let d = format!("sha256:{}", "ab".repeat(32));
+        assert_eq!(
+            digest_from_head(None, Some(&h(&format!(" {d} ")))),
+            Ok(d.clone())
+        );
+        let oci = h("application/vnd.oci.image.index.v1+json; charset=utf-8");
+        assert_eq!(digest_from_head(Some(&oci), Some(&h(&d))), Ok(d.clone()));
+        let html = digest_from_head(Some(&h("text/html")), Some(&h(&d))).unwrap_err();
+        assert!(html.contains("text/html"), "{html}");
+        let none = digest_from_head(None, None).unwrap_err();
+        assert!(none.contains("without a Docker-Content-Digest"), "{none}");
+        let sha512 = digest_from_head(None, Some(&h("sha512:00"))).unwrap_err();
+        assert!(sha512.contains("not sha256"), "{sha512}");
     }
 
     #[test]

@@ -327,7 +327,7 @@ pub(super) async fn run_helper(
 }
 
 /// `{"ServerURL": .., "Username": .., "Secret": ..}`; `Username` `<token>` marks an identity token.
-fn parse_helper_answer(stdout: &[u8]) -> Result<Credentials, String> {
+pub(super) fn parse_helper_answer(stdout: &[u8]) -> Result<Credentials, String> {
     #[derive(serde::Deserialize)]
     struct Answer {
         #[serde(rename = "Username", default)]

@@ -22,6 +22,8 @@ mod auth;
 mod client;
 mod credentials;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod name;
 mod retry;
 mod tags;
