@@ -1111,18 +1111,31 @@ impl<E: Engine> Updater<E> {
         }
     }
 
-    /// Resolves the configured tag or range and updates if the digest is new.
-    pub async fn check(&mut self, trigger: Trigger) -> Result<CheckOutcome, UpdateError> {
+    /// What every check does first (a poll, a nudge): the GPU fault watch, an
+    /// interrupted update finished, a missed resume notice sent again. `Some`:
+    /// updates are held (drained or pinned).
+    async fn before_check(
+        &mut self,
+        trigger: Trigger,
+    ) -> Result<Option<CheckOutcome>, UpdateError> {
         self.gpu_fault_watch(trigger).await?;
         if self.state.pending.is_some() {
             self.reconcile().await?;
         }
         self.hub_resume_pending().await;
         if self.state.drained {
-            return Ok(CheckOutcome::Held("drained"));
+            return Ok(Some(CheckOutcome::Held("drained")));
         }
         if self.state.pinned.is_some() {
-            return Ok(CheckOutcome::Held("pinned"));
+            return Ok(Some(CheckOutcome::Held("pinned")));
+        }
+        Ok(None)
+    }
+
+    /// Resolves the configured tag or range and updates if the digest is new.
+    pub async fn check(&mut self, trigger: Trigger) -> Result<CheckOutcome, UpdateError> {
+        if let Some(held) = self.before_check(trigger).await? {
+            return Ok(held);
         }
         self.set_phase(Phase::Checking);
         let from_hub = match self.hub_desired().await {
@@ -1194,16 +1207,8 @@ impl<E: Engine> Updater<E> {
         let Some(digest) = nudge.digest.clone() else {
             return self.check(Trigger::Nudge).await;
         };
-        self.gpu_fault_watch(Trigger::Nudge).await?;
-        if self.state.pending.is_some() {
-            self.reconcile().await?;
-        }
-        self.hub_resume_pending().await;
-        if self.state.drained {
-            return Ok(CheckOutcome::Held("drained"));
-        }
-        if self.state.pinned.is_some() {
-            return Ok(CheckOutcome::Held("pinned"));
+        if let Some(held) = self.before_check(Trigger::Nudge).await? {
+            return Ok(held);
         }
         self.last_check = Some(OffsetDateTime::now_utc());
         // The hub named it: with desired_from_hub it is the desired digest
