@@ -13,19 +13,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
-const STATUS_FIELDS: [&str; 10] = [
-    "agent_id",
-    "phase",
-    "current_digest",
-    "last_good_digest",
-    "drained",
-    "pinned",
-    "bad_digests",
-    "last_check",
-    "next_check",
-    "last_error",
-];
-
 /// The test's config with a one-hour poll interval: only agentctl (and the
 /// check at start) finds new digests.
 fn slow_poll(config: String) -> String {
@@ -51,10 +38,7 @@ async fn deployed(s: &Setup, worker_extra: &str, extra: &str) -> (Agent, String)
 fn slow_drain(s: &Setup) -> (String, String) {
     (
         s.env("INFLIGHT_JOBS = \"3\", JOB_SECONDS = \"2\""),
-        format!(
-            "[worker.drain]\nhttp = \"{}\"\ntimeout = \"60s\"\n",
-            s.drain_url()
-        ),
+        s.drain_table("60s"),
     )
 }
 

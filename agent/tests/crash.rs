@@ -18,10 +18,7 @@ async fn crash_at(point: &str, name: &str, next: &str) -> (Setup, Agent, String,
     let cfg = s.config(
         "tag = \"stable\"",
         &s.env("INFLIGHT_JOBS = \"2\", JOB_SECONDS = \"1\""),
-        &format!(
-            "[worker.drain]\nhttp = \"{}\"\ntimeout = \"60s\"\n",
-            s.drain_url()
-        ),
+        &s.drain_table("60s"),
     );
     let first = s.start_agent(&cfg);
     s.wait_running(&v1, "v1", &first).await;

@@ -44,10 +44,7 @@ async fn kill9_at_random_moments_of_50_updates() {
         .config(
             "tag = \"stable\"",
             &s.env("INFLIGHT_JOBS = \"2\", JOB_SECONDS = \"0.5\""),
-            &format!(
-                "[worker.drain]\nhttp = \"{}\"\ntimeout = \"60s\"\n",
-                s.drain_url()
-            ),
+            &s.drain_table("60s"),
         )
         .replace("poll_interval = \"1s\"", "poll_interval = \"1h\"");
     let mut agent = s.start_agent(&cfg);

@@ -66,10 +66,7 @@ async fn once(point: &str, rep: usize) {
     let cfg = s.config(
         "tag = \"stable\"",
         &s.env("INFLIGHT_JOBS = \"2\", JOB_SECONDS = \"0.5\""),
-        &format!(
-            "[worker.drain]\nhttp = \"{}\"\ntimeout = \"60s\"\n",
-            s.drain_url()
-        ),
+        &s.drain_table("60s"),
     );
     let first = s.start_agent(&cfg);
     s.wait_running(&v1, "v1", &first).await;

@@ -108,10 +108,7 @@ async fn watchdog_pings_go_on_during_a_long_update() {
     let cfg = s.config(
         "tag = \"stable\"",
         &s.env("INFLIGHT_JOBS = \"4\", JOB_SECONDS = \"1\""),
-        &format!(
-            "[worker.drain]\nhttp = \"{}\"\ntimeout = \"60s\"\n",
-            s.drain_url()
-        ),
+        &s.drain_table("60s"),
     );
     let agent = s.start_agent_env(
         &cfg,

@@ -477,10 +477,7 @@ async fn a_hundred_agentctl_calls_at_once_one_action_wins_the_rest_are_refused()
         .config(
             "tag = \"stable\"",
             &s.env("INFLIGHT_JOBS = \"3\", JOB_SECONDS = \"2\""),
-            &format!(
-                "[worker.drain]\nhttp = \"{}\"\ntimeout = \"60s\"\n",
-                s.drain_url()
-            ),
+            &s.drain_table("60s"),
         )
         .replace("poll_interval = \"1s\"", "poll_interval = \"1h\"");
     let agent = s.start_agent(&cfg);
@@ -685,19 +682,8 @@ impl PrivateEngine {
     }
 
     fn stop_dockerd(&mut self) {
-        if let Some(mut c) = self.dockerd.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while c.try_wait().ok().flatten().is_none() {
-                if Instant::now() > deadline {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+        if let Some(c) = self.dockerd.take() {
+            terminate(c, Duration::from_secs(30));
         }
     }
 
@@ -724,6 +710,22 @@ impl PrivateEngine {
     }
 }
 
+/// SIGTERM, then SIGKILL if `child` has not exited within `grace`.
+fn terminate(mut child: Child, grace: Duration) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + grace;
+    while child.try_wait().ok().flatten().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 impl Drop for PrivateEngine {
     fn drop(&mut self) {
         if self.dockerd.is_some() {
@@ -733,19 +735,8 @@ impl Drop for PrivateEngine {
             }
         }
         self.stop_dockerd();
-        if let Some(mut c) = self.containerd.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while c.try_wait().ok().flatten().is_none() {
-                if Instant::now() > deadline {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+        if let Some(c) = self.containerd.take() {
+            terminate(c, Duration::from_secs(20));
         }
         // Whatever the engine left mounted under its folders.
         if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {

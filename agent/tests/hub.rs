@@ -115,13 +115,6 @@ async fn check(s: &Setup, args: &[&str]) -> Run {
     }
 }
 
-fn drain_table(s: &Setup) -> String {
-    format!(
-        "[worker.drain]\nhttp = \"{}\"\ntimeout = \"60s\"\n",
-        s.drain_url()
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hubs_desired_digest_is_the_target_and_204_falls_back_to_the_registry() {
     let h = Hubbed::new("hub-desired").await;
@@ -207,7 +200,7 @@ async fn drain_notices_bracket_the_swap_and_reports_carry_every_event() {
         "tag = \"stable\"",
         "INFLIGHT_JOBS = \"1\", JOB_SECONDS = \"1\"",
         "",
-        &drain_table(s),
+        &s.drain_table("60s"),
     ));
     s.wait_history(&v1, "success", &agent).await;
     h.wait_stream(&agent, 1).await;
@@ -276,18 +269,7 @@ async fn drain_notices_bracket_the_swap_and_reports_carry_every_event() {
         .into_iter()
         .rfind(|r| r.get("event").is_some())
         .unwrap();
-    for k in [
-        "agent_id",
-        "phase",
-        "current_digest",
-        "last_good_digest",
-        "drained",
-        "pinned",
-        "bad_digests",
-        "last_check",
-        "next_check",
-        "last_error",
-    ] {
+    for k in STATUS_FIELDS {
         assert!(last.get(k).is_some(), "report lacks {k}: {last:#}");
     }
     assert_eq!(last["agent_id"], h.id());
@@ -505,7 +487,7 @@ async fn a_resume_notice_the_hub_missed_is_sent_again_at_the_next_check() {
     let h = Hubbed::new("hub-resume").await;
     let s = &h.s;
     let v1 = s.push("v1", "stable");
-    let agent = s.start_agent(&h.config("tag = \"stable\"", "", "", &drain_table(s)));
+    let agent = s.start_agent(&h.config("tag = \"stable\"", "", "", &s.drain_table("60s")));
     s.wait_history(&v1, "success", &agent).await;
     // The hub answers 503 through the whole update: the worker's own drain
     // endpoint drains it, the update goes through, the hub hears nothing.
@@ -537,7 +519,7 @@ async fn a_stopping_agent_still_reports_the_update_its_stop_aborted() {
         "tag = \"stable\"",
         "INFLIGHT_JOBS = \"5\", JOB_SECONDS = \"30\"",
         "",
-        &drain_table(s),
+        &s.drain_table("60s"),
     ));
     s.wait_history(&v1, "success", &agent).await;
     let v2 = s.push("v2", "stable");

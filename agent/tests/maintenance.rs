@@ -18,13 +18,6 @@ fn hourly(config: String) -> String {
     c
 }
 
-fn drain_table(s: &Setup, timeout: &str) -> String {
-    format!(
-        "[worker.drain]\nhttp = \"{}\"\ntimeout = \"{timeout}\"\n",
-        s.drain_url()
-    )
-}
-
 fn events(s: &Setup) -> Vec<String> {
     s.events().into_iter().map(|(_, _, e)| e).collect()
 }
@@ -36,7 +29,7 @@ async fn drain_waits_for_jobs_stops_the_worker_holds_updates_and_survives_a_rest
     let cfg = hourly(s.config(
         "tag = \"stable\"",
         &s.env("INFLIGHT_JOBS = \"2\", JOB_SECONDS = \"1\""),
-        &drain_table(&s, "60s"),
+        &s.drain_table("60s"),
     ));
     let mut agent = s.start_agent(&cfg);
     s.wait_history(&v1, "success", &agent).await;
@@ -124,7 +117,7 @@ async fn a_drain_that_times_out_says_how_many_jobs_were_in_flight_and_keeps_the_
     let cfg = hourly(s.config(
         "tag = \"stable\"",
         &s.env("INFLIGHT_JOBS = \"5\", JOB_SECONDS = \"10\""),
-        &drain_table(&s, "60s"),
+        &s.drain_table("60s"),
     ));
     let agent = s.start_agent(&cfg);
     s.wait_history(&v1, "success", &agent).await;
@@ -157,7 +150,7 @@ async fn undrain_during_a_drain_cancels_it() {
     let cfg = hourly(s.config(
         "tag = \"stable\"",
         &s.env("INFLIGHT_JOBS = \"5\", JOB_SECONDS = \"10\""),
-        &drain_table(&s, "10m"),
+        &s.drain_table("10m"),
     ));
     let agent = s.start_agent(&cfg);
     s.wait_history(&v1, "success", &agent).await;
@@ -329,7 +322,7 @@ async fn health_reports_the_worker_now() {
     let cfg = hourly(s.config(
         "tag = \"stable\"",
         &s.env("INFLIGHT_JOBS = \"0\""),
-        &drain_table(&s, "30s"),
+        &s.drain_table("30s"),
     ));
     let agent = s.start_agent(&cfg);
     s.wait_history(&v1, "success", &agent).await;

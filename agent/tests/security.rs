@@ -52,47 +52,17 @@ async fn the_control_socket_is_0660_and_group_gpu_agent_where_it_exists() {
 async fn registry_credentials_and_the_hub_token_never_reach_any_output() {
     // A registry behind htpasswd, with the password only in the auth file.
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new("htpasswd")
-        .args(["-Bbn", "fleet", PASSWORD])
-        .output()
-        .expect("htpasswd (apache2-utils) is installed by scripts/test.sh");
-    let htpasswd = dir.path().join("htpasswd");
-    std::fs::write(&htpasswd, &out.stdout).unwrap();
-    let reg = Registry::start_with(&format!(
-        "auth: {{htpasswd: {{realm: test, path: {}}}}}\n",
-        htpasswd.display()
-    ));
-    let cli = dir.path().join("cli");
-    std::fs::create_dir(&cli).unwrap();
-    let cli_env = [("DOCKER_CONFIG", cli.to_str().unwrap())];
-    docker_env(
-        &["login", "-u", "fleet", "-p", PASSWORD, &reg.host()],
-        &cli_env,
-    );
+    let (reg, cli) = htpasswd_registry(dir.path(), "fleet", PASSWORD);
     let s = Setup::with_registry("sec-secrets", reg);
+    let cli_env = [("DOCKER_CONFIG", cli.to_str().unwrap())];
     let push = |variant: &str| {
-        let target = format!("{}/{}:stable", s.registry.host(), s.repo);
-        docker(&["tag", &image(variant), &target]);
-        let out = docker_env(&["push", &target], &cli_env);
-        docker(&["rmi", &target]);
-        out.split_whitespace()
-            .skip_while(|w| *w != "digest:")
-            .nth(1)
-            .unwrap()
-            .to_string()
+        s.registry
+            .push_env(&image(variant), &s.repo, "stable", &cli_env)
     };
     let v1 = push("v1");
     let basic = base64_encode(&format!("fleet:{PASSWORD}"));
     let auth_file = s.dir.path().join("registry-auth.json");
-    std::fs::write(
-        &auth_file,
-        format!(
-            "{{\"auths\": {{\"{}\": {{\"auth\": \"{basic}\"}}}}}}",
-            s.registry.host()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&auth_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    write_auth_file(&auth_file, &s.registry.host(), "fleet", PASSWORD, 0o600);
 
     let hub = MockHub::start(Some(TOKEN.into())).await.unwrap();
     let token = s.dir.path().join("hub-token");
@@ -114,15 +84,13 @@ async fn registry_credentials_and_the_hub_token_never_reach_any_output() {
     s.wait_history(&v2, "success", &agent).await;
     // A failure too: the registry refuses a wrong password (errors are where
     // secrets leak most easily).
-    std::fs::write(
+    write_auth_file(
         &auth_file,
-        format!(
-            "{{\"auths\": {{\"{}\": {{\"auth\": \"{}\"}}}}}}",
-            s.registry.host(),
-            base64_encode(&format!("fleet:{PASSWORD}-wrong"))
-        ),
-    )
-    .unwrap();
+        &s.registry.host(),
+        "fleet",
+        &format!("{PASSWORD}-wrong"),
+        0o600,
+    );
     push("v3");
     agent.wait_log("check failed").await;
 
@@ -201,16 +169,7 @@ async fn a_hub_token_file_readable_by_all_is_warned_about() {
 async fn a_registry_auth_file_readable_by_all_is_warned_about() {
     let s = Setup::new("sec-loose-auth");
     let auth_file = s.dir.path().join("registry-auth.json");
-    std::fs::write(
-        &auth_file,
-        format!(
-            "{{\"auths\": {{\"{}\": {{\"auth\": \"{}\"}}}}}}",
-            s.registry.host(),
-            base64_encode(&format!("fleet:{PASSWORD}"))
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&auth_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    write_auth_file(&auth_file, &s.registry.host(), "fleet", PASSWORD, 0o644);
     let v1 = s.push("v1", "stable");
     let agent = s.start_agent(&s.config(
         &format!("tag = \"stable\"\nauth_file = \"{}\"", auth_file.display()),

@@ -69,10 +69,7 @@ async fn sigterm_during_a_drain_gives_the_old_worker_its_jobs_back() {
     let cfg = s.config(
         "tag = \"stable\"",
         &s.env("INFLIGHT_JOBS = \"5\", JOB_SECONDS = \"4\""),
-        &format!(
-            "[worker.drain]\nhttp = \"{}\"\ntimeout = \"60s\"\n",
-            s.drain_url()
-        ),
+        &s.drain_table("60s"),
     );
     let mut agent = s.start_agent(&cfg);
     s.wait_history(&v1, "success", &agent).await;
@@ -199,10 +196,7 @@ async fn a_maintenance_drain_a_stop_interrupts_is_finished_by_the_next_start() {
     let cfg = s.config(
         "tag = \"stable\"",
         &s.env("INFLIGHT_JOBS = \"2\", JOB_SECONDS = \"3\""),
-        &format!(
-            "[worker.drain]\nhttp = \"{}\"\ntimeout = \"60s\"\n",
-            s.drain_url()
-        ),
+        &s.drain_table("60s"),
     );
     let mut agent = s.start_agent(&cfg);
     s.wait_history(&v1, "success", &agent).await;

@@ -117,10 +117,7 @@ async fn drain_waits_for_in_flight_jobs() {
     let cfg = s.config(
         "tag = \"stable\"",
         &s.env("INFLIGHT_JOBS = \"3\", JOB_SECONDS = \"1\""),
-        &format!(
-            "[worker.drain]\nhttp = \"{}\"\ntimeout = \"60s\"\n",
-            s.drain_url()
-        ),
+        &s.drain_table("60s"),
     );
     let agent = s.start_agent(&cfg);
     s.wait_running(&v1, "v1", &agent).await;
@@ -204,46 +201,16 @@ async fn semver_picks_the_highest_tag_in_range() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn htpasswd_auth_from_an_auth_file() {
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new("htpasswd")
-        .args(["-Bbn", "fleet", "s3cret-pw"])
-        .output()
-        .expect("htpasswd (apache2-utils) is installed by scripts/test.sh");
-    let htpasswd = dir.path().join("htpasswd");
-    std::fs::write(&htpasswd, &out.stdout).unwrap();
-    let reg = Registry::start_with(&format!(
-        "auth: {{htpasswd: {{realm: test, path: {}}}}}\n",
-        htpasswd.display()
-    ));
-    // The docker CLI logs in with a config folder of its own.
-    let cli = dir.path().join("cli");
-    std::fs::create_dir(&cli).unwrap();
-    let cli_env = [("DOCKER_CONFIG", cli.to_str().unwrap())];
-    docker_env(
-        &["login", "-u", "fleet", "-p", "s3cret-pw", &reg.host()],
-        &cli_env,
-    );
+    let (reg, cli) = htpasswd_registry(dir.path(), "fleet", "s3cret-pw");
     let s = Setup::with_registry("htpasswd", reg);
-    let target = format!("{}/{}:stable", s.registry.host(), s.repo);
-    docker(&["tag", &image("v1"), &target]);
-    let out = docker_env(&["push", &target], &cli_env);
-    docker(&["rmi", &target]);
-    let v1 = out
-        .split_whitespace()
-        .skip_while(|w| *w != "digest:")
-        .nth(1)
-        .unwrap()
-        .to_string();
-
+    let v1 = s.registry.push_env(
+        &image("v1"),
+        &s.repo,
+        "stable",
+        &[("DOCKER_CONFIG", cli.to_str().unwrap())],
+    );
     let auth_file = s.dir.path().join("registry-auth.json");
-    let b64 = base64_encode("fleet:s3cret-pw");
-    std::fs::write(
-        &auth_file,
-        format!(
-            "{{\"auths\": {{\"{}\": {{\"auth\": \"{b64}\"}}}}}}",
-            s.registry.host()
-        ),
-    )
-    .unwrap();
+    write_auth_file(&auth_file, &s.registry.host(), "fleet", "s3cret-pw", 0o600);
     // Without credentials: a clear error, nothing deployed.
     let agent = s.start_agent(&s.config("tag = \"stable\"", &s.env(""), ""));
     agent.wait_log("check failed").await;
@@ -261,11 +228,6 @@ async fn htpasswd_auth_from_an_auth_file() {
         !agent.log().contains("s3cret-pw"),
         "a secret reached the log"
     );
-}
-
-fn base64_encode(s: &str) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(s)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

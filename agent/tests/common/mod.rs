@@ -160,6 +160,56 @@ impl Drop for Registry {
     }
 }
 
+/// The fields the SPEC promises in `agentctl status --json` (and so in every hub report).
+pub const STATUS_FIELDS: [&str; 10] = [
+    "agent_id",
+    "phase",
+    "current_digest",
+    "last_good_digest",
+    "drained",
+    "pinned",
+    "bad_digests",
+    "last_check",
+    "next_check",
+    "last_error",
+];
+
+/// A registry behind htpasswd with one user, and a docker CLI config folder
+/// logged in to it: push with `registry.push_env(.., &[("DOCKER_CONFIG", cli)])`.
+pub fn htpasswd_registry(dir: &Path, user: &str, password: &str) -> (Registry, PathBuf) {
+    let out = Command::new("htpasswd")
+        .args(["-Bbn", user, password])
+        .output()
+        .expect("htpasswd (apache2-utils) is installed by scripts/test.sh");
+    let htpasswd = dir.join("htpasswd");
+    std::fs::write(&htpasswd, &out.stdout).unwrap();
+    let reg = Registry::start_with(&format!(
+        "auth: {{htpasswd: {{realm: test, path: {}}}}}\n",
+        htpasswd.display()
+    ));
+    // The docker CLI logs in with a config folder of its own.
+    let cli = dir.join("cli");
+    std::fs::create_dir(&cli).unwrap();
+    docker_env(
+        &["login", "-u", user, "-p", password, &reg.host()],
+        &[("DOCKER_CONFIG", cli.to_str().unwrap())],
+    );
+    (reg, cli)
+}
+
+/// Writes a docker `config.json` (the agent's `image.auth_file`) holding
+/// `user:password` for `host`, with `mode`.
+pub fn write_auth_file(path: &Path, host: &str, user: &str, password: &str, mode: u32) {
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    std::fs::write(
+        path,
+        format!("{{\"auths\": {{\"{host}\": {{\"auth\": \"{auth}\"}}}}}}"),
+    )
+    .unwrap();
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+}
+
 /// The test worker images built by `scripts/build-test-images.sh`.
 pub fn image(variant: &str) -> String {
     format!("gpu-agent-test/worker:{variant}")
@@ -212,6 +262,14 @@ impl Setup {
 
     pub fn health_url(&self) -> String {
         format!("http://127.0.0.1:{}/cgi-bin/health", self.port)
+    }
+
+    /// `[worker.drain]` with this worker's drain endpoint and `timeout`.
+    pub fn drain_table(&self, timeout: &str) -> String {
+        format!(
+            "[worker.drain]\nhttp = \"{}\"\ntimeout = \"{timeout}\"\n",
+            self.drain_url()
+        )
     }
 
     pub fn drain_url(&self) -> String {
