@@ -17,7 +17,7 @@ use url::Url;
 use crate::error::HubError;
 use crate::sse;
 use crate::token::TokenSource;
-use crate::wire::{shorten, Desired, DrainNotice, Report, WorkerView};
+use crate::wire::{shorten, shorten_to, Desired, DrainNotice, Report, WorkerView};
 
 /// Error bodies are quoted in errors, shortened to this.
 const MAX_DETAIL: usize = 200;
@@ -447,16 +447,6 @@ async fn read_json<T: DeserializeOwned>(call: &str, resp: Response) -> Result<T,
             shorten_to(&String::from_utf8_lossy(&body), MAX_DETAIL)
         ),
     })
-}
-
-fn shorten_to(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_string()
-    } else {
-        let mut t: String = s.chars().take(max).collect();
-        t.push('…');
-        t
-    }
 }
 
 #[cfg(test)]

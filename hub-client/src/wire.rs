@@ -99,13 +99,17 @@ pub fn is_sha256_digest(s: &str) -> bool {
     })
 }
 
-/// Quoted answers are cut to this many characters in errors.
+/// Quoted answers are cut to 200 characters in errors.
 pub(crate) fn shorten(s: &str) -> String {
-    const MAX: usize = 200;
-    if s.chars().count() <= MAX {
+    shorten_to(s, 200)
+}
+
+/// `s` cut to `max` characters, with `…` when it was longer.
+pub(crate) fn shorten_to(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
         s.to_string()
     } else {
-        let mut t: String = s.chars().take(MAX).collect();
+        let mut t: String = s.chars().take(max).collect();
         t.push('…');
         t
     }

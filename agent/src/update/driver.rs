@@ -1534,10 +1534,12 @@ impl<E: Engine> Updater<E> {
                 failpoint::hit("before-commit-save").await;
                 self.save()?;
                 self.strikes.remove(&p.to);
-                self.history(p, Outcome::Success, None, Some(downtime));
-                failpoint::hit("after-commit-save").await;
+                // Idle before the history line: whoever reads the line (an
+                // operator, the hub's report) finds the agent ready for the next action.
                 self.last_error = None;
                 self.set_phase(Phase::Idle);
+                self.history(p, Outcome::Success, None, Some(downtime));
+                failpoint::hit("after-commit-save").await;
                 self.hub_drain(false, &format!("{} is verified", p.to))
                     .await;
                 self.cleanup_after_commit().await;
@@ -1753,14 +1755,17 @@ impl<E: Engine> Updater<E> {
         }
     }
 
+    /// The hub, when it must see a new worker registered (`hub.verify_registration`).
+    fn registration_hub(&self) -> Option<&Arc<Hub>> {
+        self.hub
+            .as_ref()
+            .filter(|h| h.settings().verify_registration)
+    }
+
     /// With `hub.verify_registration`, an update starts only while the hub
     /// answers: a new worker it cannot verify would be rolled back anyway.
     async fn hub_preflight(&self) -> Result<(), String> {
-        let Some(hub) = self
-            .hub
-            .as_ref()
-            .filter(|h| h.settings().verify_registration)
-        else {
+        let Some(hub) = self.registration_hub() else {
             return Ok(());
         };
         hub.worker().await.map(|_| ()).map_err(|e| {
@@ -1777,11 +1782,7 @@ impl<E: Engine> Updater<E> {
     /// that answers but never sees it blames the image; a hub that never
     /// answers blames nothing.
     async fn verify_registration(&self, digest: &str) -> Result<(), Failure> {
-        let Some(hub) = self
-            .hub
-            .as_ref()
-            .filter(|h| h.settings().verify_registration)
-        else {
+        let Some(hub) = self.registration_hub() else {
             return Ok(());
         };
         let timeout = hub.settings().registration_timeout;
