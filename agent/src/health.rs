@@ -240,7 +240,7 @@ async fn gpu_now(probe: Arc<dyn GpuProbe>, settings: &Settings, hold: Option<&st
     let mut xids = probe.xids_since(0);
     let skip = xids.len().saturating_sub(RECENT_XIDS);
     xids.drain(..skip);
-    let limits = crate::gpu::Limits::of(&settings.gpu);
+    let limits = crate::update::gpu_limits(&settings.gpu);
     // The readings decide now; past XIDs weigh through the updater's hold
     // (which an operator lifts), and are listed.
     let mut a = crate::gpu::assess(&snap, &limits, &[]);

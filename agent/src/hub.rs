@@ -10,7 +10,9 @@
 //!   entry as `event`) and as a heartbeat after each poll, in order.
 //!
 //! The updater calls [`Hub::desired`], [`Hub::drain_notice`] and
-//! [`Hub::worker`] itself, at the points of the update they belong to.
+//! [`Hub::worker`] itself, at the points of the update they belong to,
+//! through its port (`update::ports::Hub`, implemented here); it tells the
+//! reporter what happened through its events ([`Hub::subscriber`]).
 //! Architecture invariant: the hub never changes which container runs by
 //! itself; it only tells `update/` what to aim for.
 
@@ -18,11 +20,12 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
 use hub_client::{
     sse, Desired, DrainNotice, HubClient, HubError, HubOptions, Nudge, Report, TokenSource,
     WorkerView,
 };
-use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -43,27 +46,7 @@ const REPORT_RETRY: Duration = Duration::from_secs(10);
 /// Per-call timeout of the agent's hub calls (each retried twice on transient errors).
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What the agent knows of the hub now (`agentctl status --json` → `hub`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HubStatus {
-    pub url: String,
-    /// The hub decides the digest (`hub.desired_from_hub`).
-    pub desired_from_hub: bool,
-    /// The event stream: `connected`, `connecting` or `disconnected`.
-    pub events: String,
-    /// Why the event stream is down (while it is).
-    #[serde(default)]
-    pub events_error: Option<String>,
-    /// RFC 3339: the last call the hub answered.
-    #[serde(default)]
-    pub last_contact: Option<String>,
-    /// The last call that failed and why; cleared by the next answered call.
-    #[serde(default)]
-    pub last_error: Option<String>,
-    /// The digest the hub last asked for (`null`: no opinion, or not asked).
-    #[serde(default)]
-    pub desired: Option<String>,
-}
+pub use crate::update::HubStatus;
 
 /// What the reporter is asked to send.
 enum ReportMsg {
@@ -203,6 +186,17 @@ impl Hub {
         let _ = self.reports.send(ReportMsg::Event(Box::new(entry.clone())));
     }
 
+    /// The reporter as a subscriber of the update's events: each history
+    /// entry is reported with the status.
+    pub fn subscriber(self: &Arc<Self>) -> crate::update::Subscriber {
+        let hub = self.clone();
+        Box::new(move |e| {
+            if let crate::update::Event::History { entry, .. } = e {
+                hub.report_event(entry);
+            }
+        })
+    }
+
     /// Queues a heartbeat report.
     pub fn heartbeat(&self) {
         let _ = self.reports.send(ReportMsg::Heartbeat);
@@ -237,7 +231,7 @@ impl Hub {
     ) -> serde_json::Map<String, serde_json::Value> {
         let s = settings.borrow().clone();
         let v = view.borrow().clone();
-        match serde_json::to_value(crate::control::status_of(&s, &v, Some(self.status()))) {
+        match serde_json::to_value(crate::update::status_of(&s, &v, Some(self.status()))) {
             Ok(serde_json::Value::Object(m)) => m,
             _ => Default::default(),
         }
@@ -425,6 +419,25 @@ impl Hub {
 }
 
 /// The URL as shown in status and reports: no user or password in it.
+impl crate::update::ports::Hub for Hub {
+    fn settings(&self) -> &HubSettings {
+        Hub::settings(self)
+    }
+    fn desired(&self) -> BoxFuture<'_, Result<Option<Desired>, HubError>> {
+        Hub::desired(self).boxed()
+    }
+    fn worker(&self) -> BoxFuture<'_, Result<WorkerView, HubError>> {
+        Hub::worker(self).boxed()
+    }
+    fn drain_notice<'a>(
+        &'a self,
+        draining: bool,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<(), HubError>> {
+        Hub::drain_notice(self, draining, reason).boxed()
+    }
+}
+
 fn without_credentials(url: &url::Url) -> String {
     let mut u = url.clone();
     let _ = u.set_username("");

@@ -339,6 +339,24 @@ pub async fn serve(
         .await
 }
 
+/// The metrics as a subscriber of the update's events (wired by the daemon).
+pub fn subscriber() -> crate::update::Subscriber {
+    Box::new(|e| {
+        use crate::update::Event;
+        let m = global();
+        match e {
+            Event::History { entry, started } => m.observe(entry, *started),
+            Event::GpusRead {
+                snapshot,
+                assessment,
+            } => m.observe_gpus(snapshot, assessment),
+            Event::GpusUnreadable => m.gpus_unreadable(),
+            Event::Xid(x) => m.observe_xid(x),
+            Event::Phase(_) => {}
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

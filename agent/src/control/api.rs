@@ -20,44 +20,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::update::journal::BadDigest;
-
-/// `agentctl status --json`: the SPEC's status object.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Status {
-    pub agent_id: String,
-    /// `idle`, `checking`, `pulling`, `draining`, `swapping`, `verifying`,
-    /// `rolling_back`, `drained`, `failed`.
-    pub phase: String,
-    pub current_digest: Option<String>,
-    pub last_good_digest: Option<String>,
-    pub drained: bool,
-    pub pinned: Option<String>,
-    pub bad_digests: Vec<BadDigest>,
-    /// RFC 3339.
-    pub last_check: Option<String>,
-    /// RFC 3339.
-    pub next_check: Option<String>,
-    pub last_error: Option<String>,
-    /// The image repository and what of it is followed (`tag stable`, `version ^2.3`).
-    pub image: String,
-    pub policy: String,
-    /// The update in progress, if any: `{from, to, step, trigger, started_at}`.
-    pub pending: Option<serde_json::Value>,
-    /// The operator's reason for the maintenance drain (with `drained`).
-    #[serde(default)]
-    pub drain_reason: Option<String>,
-    /// RFC 3339: when the maintenance drain was asked for.
-    #[serde(default)]
-    pub drained_at: Option<String>,
-    /// The digest `pinned` resolved to when it was pinned (the same as
-    /// `pinned` for a digest pin).
-    #[serde(default)]
-    pub pinned_digest: Option<String>,
-    /// What the agent knows of the hub (`null` without `[hub]`).
-    #[serde(default)]
-    pub hub: Option<crate::hub::HubStatus>,
-}
+pub use crate::update::status::{HubStatus, Status};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

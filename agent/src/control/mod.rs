@@ -9,4 +9,5 @@
 pub mod api;
 pub(crate) mod server;
 
-pub use server::{bind, serve, status_of, Action, ControlError, ControlState, HealthSource, Job};
+pub use crate::update::status_of;
+pub use server::{bind, serve, Action, ControlError, ControlState, HealthSource, Job};

@@ -16,18 +16,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use time::format_description::well_known::Rfc3339;
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::api::{
-    ActionResult, CheckRequest, DrainRequest, ErrorBody, Health, PinRequest, Status, UpdateRequest,
+    ActionResult, CheckRequest, DrainRequest, ErrorBody, Health, PinRequest, UpdateRequest,
 };
 use crate::config::Settings;
 use crate::registry::is_sha256_digest;
-use crate::update::{Journal, Phase, View};
+use crate::update::{status_of, Journal, Phase, View};
 
 /// The refusal while another action is accepted and not yet done.
 const QUEUED: &str =
@@ -52,24 +51,7 @@ pub enum ControlError {
     },
 }
 
-/// An operator's action for the daemon loop.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    Check,
-    Update {
-        digest: String,
-    },
-    Drain {
-        reason: Option<String>,
-        timeout: Option<Duration>,
-    },
-    Undrain,
-    Rollback,
-    Pin {
-        reference: String,
-    },
-    Unpin,
-}
+pub use crate::update::Action;
 
 /// Work for the daemon loop, with where to send the answer. Each job holds
 /// the one [`Ticket`] until it has run.
@@ -195,37 +177,6 @@ fn error(status: StatusCode, message: String) -> Response {
     (status, Json(ErrorBody { error: message })).into_response()
 }
 
-fn rfc3339(t: Option<time::OffsetDateTime>) -> Option<String> {
-    t.and_then(|t| t.format(&Rfc3339).ok())
-}
-
-/// The status object (`agentctl status --json`, and the hub's reports).
-pub fn status_of(settings: &Settings, v: &View, hub: Option<crate::hub::HubStatus>) -> Status {
-    Status {
-        agent_id: settings.agent.id.clone(),
-        phase: v.phase.as_str().to_string(),
-        current_digest: v.state.current_digest.clone(),
-        last_good_digest: v.state.last_good_digest.clone(),
-        drained: v.state.drained,
-        pinned: v.state.pinned.clone(),
-        bad_digests: v.state.bad_digests.clone(),
-        last_check: rfc3339(v.last_check),
-        next_check: rfc3339(v.next_check),
-        last_error: v.last_error.clone(),
-        image: settings.image.name.to_string(),
-        policy: settings.image.policy.to_string(),
-        pending: v
-            .state
-            .pending
-            .as_ref()
-            .and_then(|p| serde_json::to_value(p).ok()),
-        drain_reason: v.state.drain_reason.clone(),
-        drained_at: rfc3339(v.state.drained_at),
-        pinned_digest: v.state.pinned_digest.clone(),
-        hub,
-    }
-}
-
 async fn status(State(s): State<ControlState>) -> Response {
     let v = s.view.borrow().clone();
     let settings = s.settings.borrow().clone();
@@ -270,74 +221,10 @@ pub(crate) fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, St
     serde_json::from_slice(text).map_err(|e| format!("malformed request body: {e}"))
 }
 
-/// Why the loop cannot take an action now (an update or a check runs), if so.
-fn busy(v: &View) -> Option<String> {
-    if let Some(p) = &v.state.pending {
-        return Some(format!(
-            "an update to {} is in progress (phase: {}); try again when it ends",
-            p.to, v.phase
-        ));
-    }
-    match v.phase {
-        Phase::Checking => Some("the agent is checking the registry; try again in a moment".into()),
-        Phase::Draining if v.state.drained => Some(
-            "a maintenance drain is waiting for in-flight jobs; agentctl undrain cancels it".into(),
-        ),
-        p if p.is_updating() => Some(format!(
-            "an update is in progress (phase: {p}); try again when it ends"
-        )),
-        _ => None,
-    }
-}
-
-/// Why `action` cannot start now, if it cannot.
+/// Why `action` cannot start now, if it cannot: the update's one table
+/// ([`crate::update::allows`]), asked with the view the loop published last.
 pub(crate) fn refusal(action: &Action, v: &View) -> Option<String> {
-    let st = &v.state;
-    let drained = || {
-        st.drained.then(|| {
-            "the worker is drained for maintenance: run `agentctl undrain` first".to_string()
-        })
-    };
-    let pinned = || {
-        st.pinned.as_ref().map(|p| {
-            format!(
-                "the worker is pinned to {p}: run `agentctl unpin` first, or `agentctl pin` the digest you want"
-            )
-        })
-    };
-    match action {
-        Action::Check | Action::Pin { .. } => drained().or_else(|| busy(v)),
-        Action::Update { .. } => drained().or_else(|| busy(v)).or_else(pinned),
-        Action::Rollback => drained().or_else(|| busy(v)).or_else(pinned).or_else(|| {
-            st.rollback_target().is_none().then(|| {
-                "there is no earlier good digest to roll back to (agentctl history shows what ran)"
-                    .to_string()
-            })
-        }),
-        Action::Drain { .. } if st.drained && !st.drain_complete => Some(
-            "a maintenance drain is already in progress; agentctl status shows when it ends".into(),
-        ),
-        Action::Drain { .. } if st.drained => Some(format!(
-            "the worker is already drained{}{}; `agentctl undrain` ends it",
-            st.drained_at
-                .and_then(|t| t.format(&Rfc3339).ok())
-                .map(|t| format!(" since {t}"))
-                .unwrap_or_default(),
-            st.drain_reason
-                .as_ref()
-                .map(|r| format!(" ({r})"))
-                .unwrap_or_default()
-        )),
-        Action::Drain { .. } => busy(v),
-        Action::Undrain if !st.drained => {
-            Some("the worker is not drained; nothing to undrain".into())
-        }
-        Action::Undrain => busy(v),
-        Action::Unpin if st.pinned.is_none() => {
-            Some("the worker is not pinned; nothing to unpin".into())
-        }
-        Action::Unpin => busy(v),
-    }
+    crate::update::allows(action, v.phase, &v.state).err()
 }
 
 /// Takes the ticket and hands `action` to the loop; the receiver gets the
@@ -581,7 +468,7 @@ pub(crate) fn check_reference(r: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::update::journal::{Pending, Step, Trigger};
+    use crate::update::journal::{Pending, Trigger};
 
     #[tokio::test]
     async fn a_fresh_socket_is_private_a_stale_one_replaced_a_live_one_kept() {
@@ -623,7 +510,7 @@ mod tests {
             from: Some("sha256:a".into()),
             to: "sha256:b".into(),
             trigger: Trigger::Poll,
-            step: Step::Draining,
+            step: Phase::Draining,
             started_at: time::OffsetDateTime::now_utc(),
             error: None,
             kind: Default::default(),

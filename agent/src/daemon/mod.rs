@@ -20,7 +20,7 @@ use crate::control::api::ActionResult;
 use crate::control::{self, Action, ControlState, Job};
 use crate::docker::BollardEngine;
 use crate::registry::{ClientOptions, RegistryClient};
-use crate::update::{CheckOutcome, Trigger, UpdateError, Updater};
+use crate::update::{CheckOutcome, Ports, Trigger, UpdateError, Updater};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
@@ -77,13 +77,24 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
     let hub = crate::hub::Hub::from_settings(&settings).context("setting up the hub client")?;
     let checker = crate::health::Checker::new(engine.clone(), settings_rx.clone(), gpu.clone())
         .with_hub(hub.clone());
-    let mut updater = Updater::new(engine, registry, settings.clone(), shutdown.clone())
-        .context("opening the state folder")?;
+    let mut updater = Updater::new(
+        engine,
+        Ports::real(registry),
+        settings.clone(),
+        shutdown.clone(),
+    )
+    .context("opening the state folder")?;
     updater.set_stop_token(stop_now);
     if let Some(g) = gpu {
         updater.set_gpu(g);
     }
-    updater.set_hub(hub.clone());
+    // The update publishes what happened; the metrics and the hub's
+    // reporter subscribe.
+    updater.subscribe(crate::metrics::subscriber());
+    if let Some(h) = &hub {
+        updater.subscribe(h.subscriber());
+    }
+    updater.set_hub(hub.clone().map(|h| h as Arc<dyn crate::update::ports::Hub>));
 
     // The control socket answers status at once; actions queue for the loop below.
     let (jobs_tx, mut jobs) = mpsc::channel::<Job>(8);
@@ -175,7 +186,7 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
                 if let Some(new) = reload(&config, &settings) {
                     match registry_client(&new) {
                         Ok(registry) => {
-                            updater.reload(new.clone(), registry);
+                            updater.reload(new.clone(), Arc::new(registry));
                             settings_tx.send_replace(new.clone());
                             settings = new;
                         }
@@ -192,9 +203,8 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
                 while let Ok(n) = nudges.try_recv() {
                     nudge = n;
                 }
-                if let Err(e) = watchdog.alive(updater.reconcile()).await {
-                    warn!(error = %crate::error_chain(&e), "could not reconcile the worker with the journal");
-                }
+                // The check begins with recovery (an update an error left
+                // midway is resumed, else the worker is made to run).
                 match watchdog.alive(updater.nudged(&nudge)).await {
                     Ok(outcome) => log_outcome(&outcome),
                     Err(e) => {
@@ -207,10 +217,8 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
                 }
             }
             Event::Tick => {
-                // Resume an update an error left midway, else make sure the worker runs.
-                if let Err(e) = watchdog.alive(updater.reconcile()).await {
-                    warn!(error = %crate::error_chain(&e), "could not reconcile the worker with the journal");
-                }
+                // The check begins with recovery (an update an error left
+                // midway is resumed, else the worker is made to run).
                 let poll = settings.image.poll_interval;
                 let wait = match watchdog.alive(updater.check(trigger)).await {
                     Ok(outcome) => {
@@ -366,13 +374,9 @@ async fn run_job<E: crate::docker::Engine>(updater: &mut Updater<E>, job: Job) {
         ticket,
     } = job;
     info!(action = ?action, "action asked for on the control socket");
-    // An update an error left midway is resumed before anything new starts
-    // (not before an undrain: its reconcile would resume the drain it ends).
-    if action != Action::Undrain {
-        if let Err(e) = updater.reconcile().await {
-            warn!(error = %crate::error_chain(&e), "could not reconcile the worker with the journal");
-        }
-    }
+    // Each action begins with recovery (an update an error left midway is
+    // resumed first), except undrain (recovery would resume the drain it
+    // ends) and unpin (it changes no container).
     let r = match action {
         Action::Check => updater.check(Trigger::Cli).await,
         Action::Update { digest } => match updater.forgive(&digest) {

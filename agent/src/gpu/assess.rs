@@ -24,16 +24,6 @@ pub struct Limits {
     pub max_temperature_c: u32,
 }
 
-impl Limits {
-    /// The limits `gpu.*` sets.
-    pub fn of(gpu: &crate::config::GpuSettings) -> Limits {
-        Limits {
-            expected_count: gpu.expected_count,
-            max_temperature_c: gpu.max_temperature_c,
-        }
-    }
-}
-
 /// One thing wrong, in words an operator understands at 3 a.m.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Problem {

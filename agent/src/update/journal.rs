@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tracing::warn;
 
+use super::machine::Phase;
+
 pub const STATE_FILE: &str = "state.json";
 pub const HISTORY_FILE: &str = "history.jsonl";
 /// How many bad marks and earlier good digests the state keeps.
@@ -43,20 +45,16 @@ pub enum Trigger {
     Startup,
 }
 
-/// How far an update got. Persisted before the step starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Step {
-    /// Pulling the new image and creating its container; the old one serves.
-    Pulling,
-    /// Draining the old worker; it still runs.
-    Draining,
-    /// Stopping the old container and starting the new one.
-    Swapping,
-    /// The new container runs and is being verified.
-    Verifying,
-    /// Going back to `from`.
-    RollingBack,
+/// Reads `pending.step`: one of the update's steps (`Phase::is_step`).
+fn step<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Phase, D::Error> {
+    let p = Phase::deserialize(d)?;
+    if p.is_step() {
+        Ok(p)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "pending.step {p} is not an update step"
+        )))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,7 +62,9 @@ pub struct Pending {
     pub from: Option<String>,
     pub to: String,
     pub trigger: Trigger,
-    pub step: Step,
+    /// How far it got: the phase of the step, saved before the step starts.
+    #[serde(deserialize_with = "step")]
+    pub step: Phase,
     #[serde(with = "time::serde::rfc3339")]
     pub started_at: OffsetDateTime,
     /// Why a rollback began.

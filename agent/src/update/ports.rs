@@ -1,0 +1,132 @@
+//! The update's edges to the outside world, as small traits: the registry
+//! (which digest a tag or range names, and the engine's pull credentials),
+//! the hub (its desired digest, drain notices, what it sees of the worker),
+//! the worker's own HTTP endpoints, and the wall clock. The engine and the
+//! GPUs have their own traits (`docker::Engine`, `gpu::GpuProbe`).
+//!
+//! Each has a real implementation (here for the registry, the worker probe
+//! and the clock; in `hub.rs` for the hub, which sits above this module) and
+//! a fake in the driver's unit tests. Durations are measured with
+//! `tokio::time`, so those tests run on paused time; the [`Clock`] gives the
+//! wall-clock time written into the journal and the history.
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use hub_client::{Desired, HubError, WorkerView};
+use time::OffsetDateTime;
+use url::Url;
+
+use crate::config::HubSettings;
+use crate::registry::{
+    EngineCredentials, ImageName, Policy, RegistryClient, RegistryError, Resolved,
+};
+use crate::worker::{ProbeError, WorkerClient};
+
+/// The registry, as the update needs it.
+pub trait Registry: Send + Sync {
+    /// The tag the policy picks now and the digest it points at.
+    fn resolve<'a>(
+        &'a self,
+        image: &'a ImageName,
+        policy: &'a Policy,
+    ) -> BoxFuture<'a, Result<Resolved, RegistryError>>;
+
+    /// The credentials the engine needs to pull `image` (`None`: anonymous).
+    fn engine_credentials<'a>(
+        &'a self,
+        image: &'a ImageName,
+    ) -> BoxFuture<'a, Result<Option<EngineCredentials>, RegistryError>>;
+}
+
+impl Registry for RegistryClient {
+    fn resolve<'a>(
+        &'a self,
+        image: &'a ImageName,
+        policy: &'a Policy,
+    ) -> BoxFuture<'a, Result<Resolved, RegistryError>> {
+        RegistryClient::resolve(self, image, policy).boxed()
+    }
+
+    fn engine_credentials<'a>(
+        &'a self,
+        image: &'a ImageName,
+    ) -> BoxFuture<'a, Result<Option<EngineCredentials>, RegistryError>> {
+        RegistryClient::engine_credentials(self, image).boxed()
+    }
+}
+
+/// The hub, as the update needs it (the event stream and the reporter run
+/// beside the loop, in `hub.rs`).
+pub trait Hub: Send + Sync {
+    /// `[hub]`: whether the hub decides the digest, whether a new worker
+    /// must register, and how long that may take.
+    fn settings(&self) -> &HubSettings;
+    /// `Ok(None)`: the hub has no opinion (follow the registry).
+    fn desired(&self) -> BoxFuture<'_, Result<Option<Desired>, HubError>>;
+    /// What the hub sees of this host's worker.
+    fn worker(&self) -> BoxFuture<'_, Result<WorkerView, HubError>>;
+    /// Stop (`true`) or resume (`false`) sending jobs to this host's worker.
+    fn drain_notice<'a>(
+        &'a self,
+        draining: bool,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<(), HubError>>;
+}
+
+/// The worker's own HTTP endpoints (`worker.health.http`, `worker.drain.http`).
+pub trait Probe: Send + Sync {
+    fn health<'a>(&'a self, url: &'a Url) -> BoxFuture<'a, Result<(), ProbeError>>;
+    fn drain_start<'a>(&'a self, url: &'a Url) -> BoxFuture<'a, Result<(), ProbeError>>;
+    fn drain_cancel<'a>(&'a self, url: &'a Url) -> BoxFuture<'a, Result<(), ProbeError>>;
+    fn in_flight<'a>(&'a self, url: &'a Url) -> BoxFuture<'a, Result<u64, ProbeError>>;
+}
+
+impl Probe for WorkerClient {
+    fn health<'a>(&'a self, url: &'a Url) -> BoxFuture<'a, Result<(), ProbeError>> {
+        WorkerClient::health(self, url).boxed()
+    }
+    fn drain_start<'a>(&'a self, url: &'a Url) -> BoxFuture<'a, Result<(), ProbeError>> {
+        WorkerClient::drain_start(self, url).boxed()
+    }
+    fn drain_cancel<'a>(&'a self, url: &'a Url) -> BoxFuture<'a, Result<(), ProbeError>> {
+        WorkerClient::drain_cancel(self, url).boxed()
+    }
+    fn in_flight<'a>(&'a self, url: &'a Url) -> BoxFuture<'a, Result<u64, ProbeError>> {
+        WorkerClient::in_flight(self, url).boxed()
+    }
+}
+
+/// The wall clock: the times written into the journal and the history.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> OffsetDateTime;
+}
+
+/// The system's clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+}
+
+/// The real edges, as the daemon wires them (the hub is optional and set apart).
+pub struct Ports {
+    pub registry: Arc<dyn Registry>,
+    pub probe: Arc<dyn Probe>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Ports {
+    /// The registry client given, the real worker probe and the system clock.
+    pub fn real(registry: RegistryClient) -> Self {
+        Ports {
+            registry: Arc::new(registry),
+            probe: Arc::new(WorkerClient::new()),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}

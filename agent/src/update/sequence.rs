@@ -1,0 +1,451 @@
+//! The update sequence: pre-pull and create the new container while the old
+//! one serves, drain the old worker, swap, verify, then commit or roll back.
+//! Each step is saved in the journal before it starts.
+
+use std::sync::atomic::Ordering;
+
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::failpoint;
+use super::journal::{Kind, Outcome, Pending, Trigger};
+use super::machine::Machine;
+use super::outcome::{Blame, CheckOutcome, Failure, UpdateError};
+use super::Updater;
+use crate::config::OnDrainTimeout;
+use crate::docker::{Engine, EngineError};
+use crate::gpu::Snapshot;
+
+/// Failures of one digest not plainly its own fault (a pull the registry
+/// refuses, a container the engine will not create or start) after which it is
+/// marked bad anyway, so that a persistent problem does not loop.
+pub(super) const STRIKES_BEFORE_BAD: u32 = 3;
+
+/// Why an update ends before the swap: the old worker keeps serving.
+enum Stop {
+    /// Not begun: a gate said no (`Failed`), or the target runs already.
+    Before(CheckOutcome),
+    /// Begun and aborted: the prepared container goes, the old worker gets
+    /// its jobs back.
+    Abort(String),
+    /// A hardware fault during the pull or the drain: aborted, and updates
+    /// are held.
+    GpuFault(String),
+}
+
+const SHUTTING_DOWN: &str = "the agent is shutting down; the update will be tried again";
+
+impl<E: Engine> Updater<E> {
+    /// Deploys `target` through pre-pull, drain, swap and verification
+    /// (recovery first, as at the start of every turn).
+    pub async fn update_to(
+        &mut self,
+        target: &str,
+        trigger: Trigger,
+    ) -> Result<CheckOutcome, UpdateError> {
+        self.converge().await?;
+        self.deploy(target, trigger, Kind::Update, None).await
+    }
+
+    /// [`Updater::update_to`] for an update, an operator's rollback or a pin:
+    /// `kind` is recorded in the history and decides what the commit also does.
+    pub(super) async fn deploy(
+        &mut self,
+        target: &str,
+        trigger: Trigger,
+        kind: Kind,
+        pin: Option<String>,
+    ) -> Result<CheckOutcome, UpdateError> {
+        let snap = match self.preflight(target, trigger, kind).await? {
+            Ok(snap) => snap,
+            Err(outcome) => return Ok(outcome),
+        };
+        let p = Pending {
+            from: self.state.current_digest.clone(),
+            to: target.to_string(),
+            trigger,
+            step: super::Phase::Pulling,
+            started_at: self.now(),
+            error: None,
+            kind,
+            pin,
+        };
+        self.state.pending = Some(p.clone());
+        if let Err(e) = self.set_step(Machine::pull) {
+            // Not written, so not begun (a full disk): nothing is in
+            // progress, and the next check or action may try again.
+            self.state.pending = None;
+            self.publish();
+            return Err(e);
+        }
+        let before_swap = match self.pull_step(&p, snap.as_ref()).await? {
+            None => self.drain_step(&p).await?,
+            stop => stop,
+        };
+        match before_swap {
+            Some(Stop::Before(outcome)) => Ok(outcome),
+            Some(Stop::Abort(reason)) => {
+                self.abort_prepared(&p, reason.clone()).await?;
+                Ok(CheckOutcome::Aborted(reason))
+            }
+            Some(Stop::GpuFault(what)) => {
+                self.abort_prepared(&p, what.clone()).await?;
+                self.hold_for_gpu_fault(&what, trigger).await?;
+                Ok(CheckOutcome::Aborted(what))
+            }
+            None => {
+                // 3. Swap, 4. verify, 5. commit or roll back.
+                self.set_step(Machine::swap)?;
+                self.swap_and_verify(&p).await
+            }
+        }
+    }
+
+    /// Before anything is pulled: the worker runs as it should, the target is
+    /// new, and the gates (the engine's GPUs, the GPU pre-flight, the hub)
+    /// let an update start. `Ok(Err(outcome))`: it does not start.
+    async fn preflight(
+        &mut self,
+        target: &str,
+        trigger: Trigger,
+        kind: Kind,
+    ) -> Result<Result<Option<Snapshot>, CheckOutcome>, UpdateError> {
+        // The turn began with recovery; if it failed, the starting point must
+        // be made sound now (this also refuses a worker name held by a
+        // container not ours).
+        if !self.converged {
+            self.converge().await?;
+        }
+        self.settle()?;
+        if self.state.current_digest.as_deref() == Some(target) {
+            return Ok(Err(CheckOutcome::UpToDate));
+        }
+        // An engine that could not give the last new worker its GPUs would
+        // only let the swap stop the old one again.
+        if trigger == Trigger::Cli {
+            self.gpu_unavailable = None;
+        }
+        if self.worker.gpus != crate::config::Gpus::None {
+            if let Some(why) = &self.gpu_unavailable {
+                let msg = format!(
+                    "updates from polls wait (agentctl check tries again once the engine is fixed): {why}"
+                );
+                self.last_error = Some(msg.clone());
+                return Ok(Err(CheckOutcome::Failed(msg)));
+            }
+        }
+        let snap = match self.gpu_gate(target, trigger, kind).await {
+            Ok(snap) => snap,
+            Err(why) => return Ok(Err(CheckOutcome::Failed(why))),
+        };
+        if let Err(why) = self.hub_preflight().await {
+            warn!(digest = %target, reason = %why, "update waits for the hub");
+            self.last_error = Some(why.clone());
+            self.settle()?;
+            return Ok(Err(CheckOutcome::Failed(why)));
+        }
+        Ok(Ok(snap))
+    }
+
+    /// Step 1: pre-pull and create the new container while the old one serves,
+    /// then the CUDA check. A stop of the agent ends a pull at once: the old
+    /// worker was not touched.
+    async fn pull_step(
+        &mut self,
+        p: &Pending,
+        snap: Option<&Snapshot>,
+    ) -> Result<Option<Stop>, UpdateError> {
+        let target = p.to.as_str();
+        let prepared = tokio::select! {
+            r = self.prepare(target) => r,
+            _ = self.shutdown.cancelled() => return Ok(Some(Stop::Abort(SHUTTING_DOWN.into()))),
+        };
+        if let Err(e) = prepared {
+            let msg = crate::error_chain(&e);
+            // A registry or engine that is down, a rate limit or a full disk say
+            // nothing about the image; a registry that has not got it, or an
+            // engine that will not create it, does.
+            let counts = match &e {
+                UpdateError::Engine(e) => {
+                    e.is_permanent_pull_failure()
+                        || matches!(e, EngineError::Call { op: "create", .. })
+                }
+                UpdateError::Registry(r) => !r.is_transient(),
+                _ => false,
+            };
+            let marked = counts && self.strike(target, &msg);
+            warn!(digest = %target, error = %msg, counted = counts, marked_bad = marked,
+                  "could not prepare the new worker; the old one keeps serving");
+            self.end_before_swap(p, msg.clone()).await?;
+            return Ok(Some(Stop::Before(CheckOutcome::Failed(msg))));
+        }
+        if let Some(snap) = snap {
+            if let Err(msg) = self.cuda_check(target, snap).await {
+                warn!(digest = %target, error = %msg, "CUDA version check failed; the old worker keeps serving");
+                let at = self.now();
+                self.state.mark_bad(target, &msg, at);
+                self.end_before_swap(p, msg.clone()).await?;
+                return Ok(Some(Stop::Before(CheckOutcome::Failed(msg))));
+            }
+        }
+        failpoint::hit("after-pull").await;
+        Ok(None)
+    }
+
+    /// The update failed before the drain: the prepared container goes, the
+    /// history says why, the old worker was never touched.
+    async fn end_before_swap(&mut self, p: &Pending, msg: String) -> Result<(), UpdateError> {
+        self.remove_named(&self.next_name()).await;
+        self.state.pending = None;
+        self.save()?;
+        self.history(p, Outcome::Failed, Some(msg.clone()), None);
+        self.last_error = Some(msg);
+        if self.state.current_digest.is_some() {
+            self.settle()
+        } else {
+            self.go(Machine::fail)
+        }
+    }
+
+    /// Step 2: drain the old worker (if one runs). Then the last moment to stop
+    /// with the old worker untouched: a hardware fault during the pull or the
+    /// drain, or a stop of the agent.
+    async fn drain_step(&mut self, p: &Pending) -> Result<Option<Stop>, UpdateError> {
+        if self.primary_running().await?.is_some() {
+            self.set_step(Machine::drain_old)?;
+            let told = self.hub_drain(true, &format!("update to {}", p.to)).await;
+            if !told && self.worker.drain.http.is_none() {
+                // The hub counts the jobs, but did not hear to stop sending them.
+                let reason = "the hub did not take the drain notice, and without worker.drain.http its in-flight count is the only drain: the update waits".to_string();
+                if self.worker.drain.on_timeout != OnDrainTimeout::Proceed {
+                    return Ok(Some(Stop::Abort(reason)));
+                }
+                warn!(reason = %reason, "drain.on_timeout = proceed: swapping anyway");
+            }
+            self.drain_cancel.store(false, Ordering::SeqCst);
+            if let Err(reason) = self.drain(self.worker.drain.timeout).await {
+                return Ok(Some(Stop::Abort(reason)));
+            }
+        }
+        failpoint::hit("after-drain").await;
+        if let Some(what) = self.hardware_fault_since_good() {
+            return Ok(Some(Stop::GpuFault(what)));
+        }
+        if self.shutdown.is_cancelled() {
+            return Ok(Some(Stop::Abort(SHUTTING_DOWN.into())));
+        }
+        Ok(None)
+    }
+
+    /// Counts a strike against `digest`; marks it bad at the third. Returns
+    /// whether it is now marked.
+    pub(super) fn strike(&mut self, digest: &str, reason: &str) -> bool {
+        let n = self.strikes.entry(digest.to_string()).or_default();
+        *n += 1;
+        if *n < STRIKES_BEFORE_BAD {
+            return false;
+        }
+        self.strikes.remove(digest);
+        let at = self.now();
+        self.state.mark_bad(
+            digest,
+            &format!("{reason} ({STRIKES_BEFORE_BAD} times)"),
+            at,
+        );
+        true
+    }
+
+    /// Steps 3 to 5, from the swap on (also where a resumed update goes on).
+    pub(super) async fn swap_and_verify(
+        &mut self,
+        p: &Pending,
+    ) -> Result<CheckOutcome, UpdateError> {
+        let t0 = Instant::now();
+        let outcome = match self.swap(p.from.as_deref(), &p.to).await {
+            Ok(xid_base) => {
+                failpoint::hit("after-start").await;
+                self.set_step(Machine::verify)?;
+                match self.verify_primary(Some(xid_base)).await {
+                    Ok(at) => self.verify_registration(&p.to).await.map(|()| at),
+                    Err(f) => Err(f),
+                }
+            }
+            Err(e) => {
+                if matches!(&e, UpdateError::Engine(x) if x.is_gpu_unavailable()) {
+                    self.gpu_unavailable = Some(crate::error_chain(&e));
+                }
+                Err(Failure::from_error(&e))
+            }
+        };
+        match outcome {
+            Ok(healthy_at) => {
+                let downtime = healthy_at.saturating_duration_since(t0).as_millis() as u64;
+                self.commit(p, downtime).await
+            }
+            Err(f) if f.blame == Blame::Stopped => {
+                warn!(digest = %p.to, "the agent stops before the new worker is verified; it runs, and the verification resumes at the next start");
+                Ok(CheckOutcome::Suspended(f.error))
+            }
+            Err(f) if f.blame == Blame::GpuFault => {
+                let reason = f.error.clone();
+                let out = self.rollback(p, f, Some(t0)).await?;
+                // With gpu.drain_on_fault the host stays drained for the hub.
+                if !self.settings.gpu.drain_on_fault {
+                    self.hub_resume_after(&out).await;
+                }
+                self.hold_for_gpu_fault(&reason, p.trigger).await?;
+                Ok(out)
+            }
+            Err(f) => {
+                let out = self.rollback(p, f, Some(t0)).await?;
+                self.hub_resume_after(&out).await;
+                Ok(out)
+            }
+        }
+    }
+
+    /// Step 5: the new worker is verified: its digest becomes current and last
+    /// good, in one write with what the update's kind adds (an operator's
+    /// rollback marks the digest left bad; a pin holds).
+    async fn commit(&mut self, p: &Pending, downtime: u64) -> Result<CheckOutcome, UpdateError> {
+        self.state.commit(&p.to);
+        match (p.kind, &p.from) {
+            // An operator's rollback: the digest left is not tried again.
+            (Kind::Rollback, Some(from)) if from != &p.to => {
+                let at = self.now();
+                self.state
+                    .mark_bad(from, "rolled back by an operator (agentctl rollback)", at)
+            }
+            (Kind::Pin, _) => {
+                self.state.pinned = p.pin.clone().or_else(|| Some(p.to.clone()));
+                self.state.pinned_digest = Some(p.to.clone());
+            }
+            _ => {}
+        }
+        self.state.pending = None;
+        failpoint::hit("before-commit-save").await;
+        self.save()?;
+        self.strikes.remove(&p.to);
+        // Idle before the history line: whoever reads the line (an
+        // operator, the hub's report) finds the agent ready for the next action.
+        self.last_error = None;
+        self.settle()?;
+        self.history(p, Outcome::Success, None, Some(downtime));
+        failpoint::hit("after-commit-save").await;
+        self.hub_drain(false, &format!("{} is verified", p.to))
+            .await;
+        self.cleanup_after_commit().await;
+        Ok(CheckOutcome::Updated(p.to.clone()))
+    }
+
+    /// Pulls `target` if needed and creates its container as `<name>-next`.
+    async fn prepare(&self, target: &str) -> Result<(), UpdateError> {
+        failpoint::hit("during-pull").await;
+        let next = self.next_name();
+        self.remove_named(&next).await;
+        // A leftover container of the same digest (an earlier failed try) is in the way too.
+        for c in self.engine.list_managed().await? {
+            if c.digest.as_deref() == Some(target) && c.name != self.name() {
+                self.engine.remove(&c.id).await?;
+            }
+        }
+        self.create_pulled(&next, target).await?;
+        Ok(())
+    }
+
+    /// Gives the old worker its jobs back and removes the prepared container.
+    pub(super) async fn abort_prepared(
+        &mut self,
+        p: &Pending,
+        reason: String,
+    ) -> Result<(), UpdateError> {
+        warn!(reason = %reason, "update aborted; the old worker keeps serving");
+        self.hub_drain(false, "update aborted").await;
+        self.give_jobs_back().await;
+        for c in self.engine.list_managed().await? {
+            if c.digest.as_deref() == Some(p.to.as_str()) && !c.running {
+                self.engine.remove(&c.id).await?;
+            }
+        }
+        self.state.pending = None;
+        self.save()?;
+        self.history(p, Outcome::Aborted, Some(reason.clone()), None);
+        self.last_error = Some(reason);
+        self.settle()
+    }
+
+    /// Stops the old worker and starts the new one under the primary name.
+    /// Idempotent: converges from any point of an interrupted swap.
+    /// Returns the XID seq from which XIDs are the new worker's (read after
+    /// the old one stopped, so its dying XIDs are not held against the image).
+    pub(super) async fn swap(&self, from: Option<&str>, to: &str) -> Result<u64, UpdateError> {
+        let name = self.name().to_string();
+        let prev = self.prev_name();
+        let cs = self.engine.list_managed().await?;
+        for c in &cs {
+            if c.digest.as_deref() != Some(to) && (c.running || c.restarting) {
+                info!(container = %c.name, digest = c.digest.as_deref().unwrap_or("-"), "stopping the old worker");
+                self.engine.set_restart(&c.id, "no", None).await?;
+                failpoint::hit("after-restart-no").await;
+                self.engine.stop(&c.id, self.worker.stop_timeout).await?;
+            }
+        }
+        failpoint::hit("after-stop").await;
+        // Park the old container as <name>-prev for a fast rollback; anything else in the way goes.
+        for c in &cs {
+            if c.digest.as_deref() == Some(to) {
+                continue;
+            }
+            if from.is_some() && c.digest.as_deref() == from {
+                if c.name != prev {
+                    self.remove_named(&prev).await;
+                    self.engine.rename(&c.id, &prev).await?;
+                }
+            } else if c.name == name || c.name == prev {
+                self.engine.remove(&c.id).await?;
+            }
+        }
+        let new = match cs.iter().find(|c| c.digest.as_deref() == Some(to)) {
+            Some(c) => c.clone(),
+            None => {
+                let id = self.create_pulled(&self.next_name(), to).await?;
+                self.engine
+                    .inspect(&id)
+                    .await?
+                    .ok_or_else(|| EngineError::Call {
+                        op: "inspect",
+                        target: id,
+                        message: "the container vanished right after create".into(),
+                        status: Some(404),
+                    })?
+            }
+        };
+        if new.name != name {
+            self.engine.rename(&new.id, &name).await?;
+        }
+        failpoint::hit("after-rename").await;
+        let xid_base = self.gpu.as_ref().map_or(0, |g| g.last_xid_seq());
+        if !new.running {
+            info!(digest = %to, "starting the new worker");
+            self.engine.start(&new.id).await?;
+        }
+        Ok(xid_base)
+    }
+
+    /// After a commit: the parked old container goes; old images are pruned.
+    async fn cleanup_after_commit(&self) {
+        let prev = self.prev_name();
+        self.remove_named(&prev).await;
+        let mut keep: Vec<String> = self.state.last_good_digest.iter().cloned().collect();
+        keep.extend(self.state.previous_good.last().cloned());
+        match self
+            .engine
+            .prune_images(&self.settings.image.name.to_string(), &keep)
+            .await
+        {
+            Ok(n) if n > 0 => info!(removed = n, "pruned old worker images"),
+            Ok(_) => {}
+            Err(e) => warn!(error = %crate::error_chain(&e), "could not prune old images"),
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! Choosing the target: a check resolves the registry's tag or range, or
+//! takes the hub's desired digest; a nudge may name one. A digest that runs
+//! already, or is marked bad, goes no further.
+
+use tracing::{debug, info, warn};
+
+use super::journal::Trigger;
+use super::machine::{held, Machine};
+use super::outcome::{CheckOutcome, UpdateError};
+use super::Updater;
+use crate::docker::Engine;
+
+impl<E: Engine> Updater<E> {
+    /// What every check does first (a poll, a nudge): recovery (an
+    /// interrupted update finished, the worker made to run), the GPU fault
+    /// watch, a missed resume notice sent again. `Some`:
+    /// updates are held (drained or pinned).
+    pub(super) async fn before_check(
+        &mut self,
+        trigger: Trigger,
+    ) -> Result<Option<CheckOutcome>, UpdateError> {
+        // Recovery, once a turn: an update an error left midway is resumed,
+        // else the worker is made to run. A failure with nothing pending is
+        // logged (the deploy tries again before it touches anything).
+        if let Err(e) = self.converge().await {
+            if self.state.pending.is_some() {
+                return Err(e);
+            }
+            warn!(error = %crate::error_chain(&e), "could not reconcile the worker with the journal");
+        }
+        self.gpu_fault_watch(trigger).await?;
+        if self.state.pending.is_some() {
+            // Resumed, but left to the next start (the agent stops).
+            return Ok(Some(CheckOutcome::Aborted(
+                "the agent is shutting down".into(),
+            )));
+        }
+        self.hub_resume_pending().await;
+        Ok(held(&self.state).map(CheckOutcome::Held))
+    }
+
+    /// Resolves the configured tag or range and updates if the digest is new.
+    pub async fn check(&mut self, trigger: Trigger) -> Result<CheckOutcome, UpdateError> {
+        if let Some(held) = self.before_check(trigger).await? {
+            return Ok(held);
+        }
+        self.go(Machine::check)?;
+        let from_hub = match self.hub_desired().await {
+            Ok(d) => d,
+            Err(msg) => {
+                self.last_check = Some(self.now());
+                warn!(error = %msg, "the hub's desired digest is refused; the worker is left as it is");
+                self.last_error = Some(msg.clone());
+                self.settle()?;
+                return Ok(CheckOutcome::Failed(msg));
+            }
+        };
+        if let Some(target) = from_hub {
+            self.last_check = Some(self.now());
+            // The hub decided it (an operator's check stays `cli`).
+            let trigger = match trigger {
+                Trigger::Poll | Trigger::Startup => Trigger::Hub,
+                t => t,
+            };
+            return self.go_to(target, "hub", trigger).await;
+        }
+        let resolved = tokio::select! {
+            r = self.registry.resolve(&self.settings.image.name, &self.settings.image.policy) => r,
+            _ = self.shutdown.cancelled() => {
+                self.settle()?;
+                return Ok(CheckOutcome::Aborted("the agent is shutting down".into()));
+            }
+        };
+        self.last_check = Some(self.now());
+        let resolved = match resolved {
+            Ok(r) => r,
+            Err(e) => {
+                self.last_error = Some(crate::error_chain(&e));
+                self.settle()?;
+                return Err(e.into());
+            }
+        };
+        self.go_to(resolved.digest, &format!("tag {}", resolved.tag), trigger)
+            .await
+    }
+
+    /// A check found `target` (named by `source`: a tag, the hub, a nudge):
+    /// deploys it unless it runs already or is marked bad.
+    pub(super) async fn go_to(
+        &mut self,
+        target: String,
+        source: &str,
+        trigger: Trigger,
+    ) -> Result<CheckOutcome, UpdateError> {
+        if self.state.current_digest.as_deref() == Some(target.as_str()) {
+            debug!(source, digest = %target, "up to date");
+            self.last_error = self.state.gpu_hold.clone();
+            self.settle()?;
+            return Ok(CheckOutcome::UpToDate);
+        }
+        if self.state.is_bad(&target) {
+            debug!(source, digest = %target, "target is marked bad; not trying it again");
+            self.settle()?;
+            return Ok(CheckOutcome::SkippedBad(target));
+        }
+        info!(source, digest = %target, from = self.state.current_digest.as_deref().unwrap_or("-"),
+              "new digest");
+        self.deploy(&target, trigger, super::Kind::Update, None)
+            .await
+    }
+
+    /// A nudge from the hub: check now; a nudge naming a digest means that
+    /// digest. Like a poll, it respects a drain, a pin and bad marks.
+    pub async fn nudged(&mut self, nudge: &hub_client::Nudge) -> Result<CheckOutcome, UpdateError> {
+        let Some(digest) = nudge.digest.clone() else {
+            return self.check(Trigger::Nudge).await;
+        };
+        if let Some(held) = self.before_check(Trigger::Nudge).await? {
+            return Ok(held);
+        }
+        self.last_check = Some(self.now());
+        // The hub named it: with desired_from_hub it is the desired digest
+        // now (followed while the hub cannot be asked).
+        if self
+            .hub
+            .as_ref()
+            .is_some_and(|h| h.settings().desired_from_hub)
+            && self.state.hub_desired.as_deref() != Some(digest.as_str())
+        {
+            self.state.hub_desired = Some(digest.clone());
+            self.save_or_warn("the hub's desired digest");
+        }
+        self.go_to(digest, "nudge", Trigger::Nudge).await
+    }
+
+    /// With `hub.desired_from_hub`: the digest the hub wants now or, while it
+    /// cannot be asked, the one it named last. `Ok(None)`: follow the
+    /// registry (the hub answered 204, or was never heard). `Err`: the hub
+    /// named something the agent will not deploy.
+    async fn hub_desired(&mut self) -> Result<Option<String>, String> {
+        let Some(hub) = self.hub.clone().filter(|h| h.settings().desired_from_hub) else {
+            return Ok(None);
+        };
+        let asked = tokio::select! {
+            r = hub.desired() => r,
+            _ = self.shutdown.cancelled() => return Ok(None),
+        };
+        match asked {
+            Ok(Some(d)) => {
+                let same_repo = crate::registry::ImageName::parse(&d.repository)
+                    .is_ok_and(|n| n == self.settings.image.name);
+                if !same_repo {
+                    return Err(format!(
+                        "the hub asks for {}@{}, but this agent runs {} (image.repository); \
+                         not deploying it: fix the hub's answer or the config",
+                        d.repository, d.digest, self.settings.image.name
+                    ));
+                }
+                if self.state.hub_desired.as_deref() != Some(d.digest.as_str()) {
+                    self.state.hub_desired = Some(d.digest.clone());
+                    self.save_or_warn("the hub's desired digest");
+                }
+                Ok(Some(d.digest))
+            }
+            Ok(None) => {
+                if self.state.hub_desired.take().is_some() {
+                    info!("the hub has no opinion now; following the registry");
+                    self.save_or_warn("the hub's desired digest");
+                }
+                Ok(None)
+            }
+            Err(e) => {
+                match &self.state.hub_desired {
+                    Some(d) => {
+                        debug!(digest = %d, error = %e, "hub unreachable: following the digest it named last")
+                    }
+                    None => {
+                        debug!(error = %e, "hub unreachable and never named a digest: following the registry")
+                    }
+                }
+                Ok(self.state.hub_desired.clone())
+            }
+        }
+    }
+}
