@@ -25,88 +25,20 @@
 //!   └── Draining ─► Idle (a maintenance drain aborted: the worker keeps serving)
 //! ```
 
-use std::fmt;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 
 use super::journal::State;
-
-/// What the agent is doing now (the SPEC's `phase`). The five update steps
-/// (`Pulling` to `RollingBack`) are also what `pending.step` saves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    Idle,
-    Checking,
-    /// Pulling the new image and creating its container; the old one serves.
-    Pulling,
-    /// Draining the old worker (an update's, or a maintenance drain); it still runs.
-    Draining,
-    /// Stopping the old container and starting the new one.
-    Swapping,
-    /// The new container runs and is being verified.
-    Verifying,
-    /// Going back to the old digest.
-    RollingBack,
-    Drained,
-    Failed,
-}
-
+pub use super::phase::Phase;
 use Phase::*;
 
 impl Phase {
-    pub const ALL: [Phase; 9] = [
-        Idle,
-        Checking,
-        Pulling,
-        Draining,
-        Swapping,
-        Verifying,
-        RollingBack,
-        Drained,
-        Failed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Idle => "idle",
-            Checking => "checking",
-            Pulling => "pulling",
-            Draining => "draining",
-            Swapping => "swapping",
-            Verifying => "verifying",
-            RollingBack => "rolling_back",
-            Drained => "drained",
-            Failed => "failed",
-        }
-    }
-
-    /// Whether an update is under way (the worker may be changing).
-    pub fn is_updating(self) -> bool {
-        self.is_step()
-    }
-
-    /// Whether this is one of the update's steps, the ones `pending.step` saves.
-    pub fn is_step(self) -> bool {
-        matches!(
-            self,
-            Pulling | Draining | Swapping | Verifying | RollingBack
-        )
-    }
-
     /// Whether `self → next` is a transition of the machine.
     pub fn can_go_to(self, next: Phase) -> bool {
         Machine::ARCS
             .iter()
             .any(|(_, from, to)| from.contains(&self) && *to == next)
-    }
-}
-
-impl fmt::Display for Phase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

@@ -22,6 +22,7 @@ pub mod failpoint;
 pub mod journal;
 pub mod machine;
 pub mod outcome;
+pub mod phase;
 pub mod ports;
 pub mod status;
 mod updater;

@@ -48,7 +48,13 @@ const V2: &str = "sha256:2222222222222222222222222222222222222222222222222222222
 
 /// Health must answer within 200ms and nothing has to stay healthy for long:
 /// a verification is over after one look unless a test asks for more.
+/// The policy is `tag = "stable"` unless `extra` sets `version`.
 fn settings(dir: &Path, extra: &str) -> Settings {
+    let policy = if extra.contains("version = ") {
+        ""
+    } else {
+        "tag = \"stable\""
+    };
     let main = format!(
         r#"
 [agent]
@@ -58,7 +64,7 @@ state_dir = "{dir}"
 host = "unix:///nonexistent/docker.sock"
 [image]
 repository = "{REPO}"
-tag = "stable"
+{policy}
 [worker]
 name = "{W}"
 gpus = "none"
