@@ -9,7 +9,7 @@ use gpu_agent::control::Action;
 use gpu_agent::fuzzing::{control_refusal, control_request, pin_reference_ok, ControlCall};
 use gpu_agent::registry::is_sha256_digest;
 use gpu_agent::update::journal::Pending;
-use gpu_agent::update::{Phase, Step, Trigger, View};
+use gpu_agent::update::{Phase, Trigger, View};
 use libfuzzer_sys::fuzz_target;
 
 const CALLS: [ControlCall; 7] = [
@@ -108,9 +108,9 @@ fn view(phase: u8, flags: u8) -> View {
             to: digest('c'),
             trigger: Trigger::Cli,
             step: if flags & 16 != 0 {
-                Step::Draining
+                Phase::Draining
             } else {
-                Step::Pulling
+                Phase::Pulling
             },
             started_at: time::OffsetDateTime::UNIX_EPOCH,
             error: None,
