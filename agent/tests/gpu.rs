@@ -519,9 +519,13 @@ fn a_driver_installed_later_is_picked_up_after_the_retry_interval() {
     let dir = tempfile::tempdir().unwrap();
     let lib = dir.path().join("libnvidia-ml.so.1");
     std::fs::write(dir.path().join("fake_nvml.state"), "count=2\n").unwrap();
+    // Built first (gcc can take longer than the interval on a busy machine),
+    // installed within the interval below.
+    let built = tempfile::tempdir().unwrap();
+    common::fake_nvml(built.path());
     let probe = NvmlProbe::with_library(&lib).retry_interval(Duration::from_secs(1));
     assert!(probe.snapshot().unwrap_err().is_no_driver());
-    common::fake_nvml(dir.path());
+    std::fs::copy(built.path().join("libnvidia-ml.so.1"), &lib).unwrap();
     // Within the interval the last answer stands.
     assert!(probe.snapshot().unwrap_err().is_no_driver());
     std::thread::sleep(Duration::from_millis(1100));

@@ -292,6 +292,7 @@ pub fn action_line(r: &ActionResult) -> String {
         "held" => "not deployed: updates are held (the worker is drained or pinned; \
                    see agentctl status)"
             .into(),
+        "deferred" => format!("not deployed yet{why}"),
         "rolled_back" => format!(
             "rolled back: {digest} failed and the last good digest runs again{why}"
         ),
@@ -413,6 +414,7 @@ mod tests {
             "up_to_date",
             "skipped_bad",
             "held",
+            "deferred",
             "aborted",
             "failed",
             "new",

@@ -70,6 +70,9 @@ pub fn render(s: &Status, now: OffsetDateTime) -> String {
             .as_ref()
             .map_or_else(|| "none in progress".into(), |p| pending(p, now)),
     ));
+    if let Some(u) = &s.state_unsaved {
+        rows.push(("disk", format!("{u} (the agent goes on from memory)")));
+    }
     if let Some(h) = &s.hub {
         rows.push(("hub", hub(h)));
     }
@@ -187,6 +190,7 @@ mod tests {
             drain_reason: None,
             drained_at: None,
             pinned_digest: None,
+            state_unsaved: None,
             hub: None,
         };
         let text = render(&s, now);
@@ -229,6 +233,7 @@ update:       aaaaaaaaaaaa → cccccccccccc, step draining, trigger cli, started
             drain_reason: None,
             drained_at: None,
             pinned_digest: None,
+            state_unsaved: None,
             hub: None,
         };
         let text = render(&s, datetime!(2026-11-22 07:15:23 UTC));
@@ -264,6 +269,7 @@ update:       aaaaaaaaaaaa → cccccccccccc, step draining, trigger cli, started
             drain_reason: Some("driver upgrade".into()),
             drained_at: Some("2026-11-22T07:11:23Z".into()),
             pinned_digest: Some(digest('a')),
+            state_unsaved: None,
             hub: None,
         };
         let text = render(&s, datetime!(2026-11-22 07:15:23 UTC));

@@ -48,6 +48,7 @@ pub struct ImageFragment {
     pub poll_jitter: Option<DurationStr>,
     pub auth_file: Option<String>,
     pub insecure: Option<bool>,
+    pub max_attempts: Option<u32>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

@@ -50,6 +50,10 @@ pub struct ImageSettings {
     pub poll_jitter: Duration,
     pub auth_file: Option<PathBuf>,
     pub insecure: bool,
+    /// Rollbacks of one digest that blamed nothing (an engine or a hub that
+    /// timed out, a worker that could not be verified) before it is marked
+    /// bad; between them the digest is tried again after a back-off.
+    pub max_attempts: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -242,9 +246,17 @@ pub(super) fn validate(f: Fragment, o: &Origin) -> Result<Settings, ConfigError>
     if poll_interval < Duration::from_secs(1) {
         return Err(o.invalid("image.poll_interval", "must be at least 1s"));
     }
+    let max_attempts = image.max_attempts.unwrap_or(5);
+    if max_attempts == 0 {
+        return Err(o.invalid(
+            "image.max_attempts",
+            "must be at least 1 (the attempts before a digest whose rollbacks blamed nothing is marked bad)",
+        ));
+    }
     let image = ImageSettings {
         name,
         policy,
+        max_attempts,
         poll_interval,
         poll_jitter: image.poll_jitter.map_or(Duration::from_secs(30), |d| d.0),
         auth_file: image.auth_file.map(PathBuf::from),

@@ -328,6 +328,7 @@ fn log_outcome(outcome: &CheckOutcome) {
             info!(digest = %d, "the target digest is marked bad; waiting for a new one")
         }
         CheckOutcome::Held(why) => info!(reason = why, "updates held"),
+        CheckOutcome::Deferred(why) => info!(reason = %why, "not tried again yet"),
         CheckOutcome::RolledBack { target, error } => {
             warn!(digest = %target, error = %error, "update rolled back")
         }
@@ -348,6 +349,7 @@ fn action_result(r: Result<CheckOutcome, UpdateError>, current: Option<String>) 
         Ok(CheckOutcome::Updated(d)) => ("updated", Some(d), None),
         Ok(CheckOutcome::SkippedBad(d)) => ("skipped_bad", Some(d), None),
         Ok(CheckOutcome::Held(why)) => ("held", current, Some(why.to_string())),
+        Ok(CheckOutcome::Deferred(why)) => ("deferred", current, Some(why)),
         Ok(CheckOutcome::RolledBack { target, error }) => {
             ("rolled_back", Some(target), Some(error))
         }

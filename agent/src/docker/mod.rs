@@ -111,6 +111,36 @@ impl EngineError {
         )
     }
 
+    /// A failure of the host, not of the image: a full or read-only disk,
+    /// memory or file handles short, a name held by another container.
+    pub fn is_host_trouble(&self) -> bool {
+        let (message, status) = match self {
+            EngineError::Call {
+                message, status, ..
+            } => (message, *status),
+            EngineError::Pull { message, .. } => (message, None),
+            _ => return false,
+        };
+        let m = message.to_ascii_lowercase();
+        status == Some(409)
+            || [
+                "no space left on device",
+                "read-only file system",
+                "disk quota exceeded",
+                "too many open files",
+                "cannot allocate memory",
+                "already in use",
+            ]
+            .iter()
+            .any(|p| m.contains(p))
+    }
+
+    /// The engine would not create the container for a reason of the image
+    /// or its spec (not the host's: see [`EngineError::is_host_trouble`]).
+    pub fn is_create_refused_for_the_image(&self) -> bool {
+        matches!(self, EngineError::Call { op: "create", .. }) && !self.is_host_trouble()
+    }
+
     /// A pull failure that will not go away by trying again: the registry does
     /// not have the image (or a blob of it), or refuses us. Rate limits, full
     /// disks, stalls and network errors are not.

@@ -16,7 +16,14 @@ impl<E: Engine> Updater<E> {
     /// [`Updater::reconcile`], remembering whether it succeeded so that the
     /// deploy that may follow does not list the containers again.
     pub(super) async fn converge(&mut self) -> Result<(), UpdateError> {
+        self.write_unwritten();
         let r = self.reconcile().await;
+        if r.is_ok() && self.state.pending.is_none() {
+            if let Some(note) = self.restart_if_idle().await {
+                self.last_error = Some(note);
+                self.publish();
+            }
+        }
         if let Err(UpdateError::Engine(e)) = &r {
             if e.is_gpu_unavailable() {
                 self.gpu_unavailable = Some(e.to_string());

@@ -9,11 +9,13 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::failpoint;
-use super::outcome::CheckOutcome;
+use super::journal::{Kind, Outcome, Trigger};
+use super::outcome::{CheckOutcome, UpdateError};
 use super::ports::Hub;
 use super::Updater;
 use crate::config::OnDrainTimeout;
 use crate::docker::Engine;
+use crate::worker::ProbeError;
 
 /// How often the drain endpoint is asked for the in-flight count.
 const DRAIN_POLL: Duration = Duration::from_millis(500);
@@ -126,6 +128,83 @@ impl<E: Engine> Updater<E> {
                 Err(e) => Err(crate::error_chain(&e)),
             },
         }
+    }
+
+    /// Gives a worker that was drained but kept running its jobs back:
+    /// `DELETE` on its drain endpoint. A worker that does not support it
+    /// (404, 405 or 501: an older worker) still refuses jobs: it is restarted
+    /// once it has no job in flight (now, or at the start of a later turn),
+    /// which starts it afresh. Returns what status must say about it.
+    pub(super) async fn give_jobs_back(&mut self) -> Option<String> {
+        let url = self.worker.drain.http.clone()?;
+        match self.probe.drain_cancel(&url).await {
+            Ok(()) => None,
+            Err(
+                e @ ProbeError::Status {
+                    status: 404 | 405 | 501,
+                    ..
+                },
+            ) => {
+                self.refuses_jobs = Some(format!(
+                    "the worker does not end a drain through DELETE on its drain endpoint ({e}), so it refuses jobs until it is restarted"
+                ));
+                self.restart_if_idle().await
+            }
+            Err(e) => {
+                warn!(error = %e, "could not tell the worker to take jobs again (DELETE on the drain endpoint); \
+                      it keeps running, but may refuse new jobs until it is restarted");
+                None
+            }
+        }
+    }
+
+    /// A worker that refuses jobs since a drain it could not be told to end
+    /// ([`Updater::give_jobs_back`]) is restarted as soon as it has no job
+    /// in flight. Returns what status must say: that it was restarted, or
+    /// that it will be.
+    pub(super) async fn restart_if_idle(&mut self) -> Option<String> {
+        let why = self.refuses_jobs.clone()?;
+        let url = self.worker.drain.http.clone()?;
+        match self.probe.in_flight(&url).await {
+            Ok(0) => match self.restart_primary().await {
+                Ok(()) => {
+                    self.refuses_jobs = None;
+                    let note = format!(
+                        "{why}: it was restarted, with no job in flight, and takes jobs again"
+                    );
+                    warn!(note = %note, "worker restarted");
+                    // The worker takes jobs again: an undrain, in the history.
+                    self.record_action(
+                        Kind::Undrain,
+                        Outcome::Success,
+                        Trigger::Poll,
+                        None,
+                        Some(note.clone()),
+                    );
+                    Some(note)
+                }
+                Err(e) => Some(format!(
+                    "{why}: restarting it failed ({}); it is tried again at the next check",
+                    crate::error_chain(&e)
+                )),
+            },
+            Ok(n) => Some(format!(
+                "{why}: it is restarted once its {n} in-flight jobs finish"
+            )),
+            Err(e) => Some(format!(
+                "{why}: it is restarted once it says it has no job in flight (asking failed: {e})"
+            )),
+        }
+    }
+
+    /// Stops and starts the primary container (its restart policy kept).
+    async fn restart_primary(&self) -> Result<(), UpdateError> {
+        if let Some(c) = self.primary_running().await? {
+            info!(container = %c.name, "restarting the worker so that it takes jobs again");
+            self.engine.stop(&c.id, self.worker.stop_timeout).await?;
+            self.engine.start(&c.id).await?;
+        }
+        Ok(())
     }
 
     /// Tells the hub to stop or resume sending jobs (best effort: a hub that

@@ -8,6 +8,7 @@
 //!   fsynced after each append. A torn last line (crash mid-write) is skipped
 //!   when read, never rewritten.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -121,7 +122,26 @@ pub struct State {
     /// is drained for maintenance).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub hub_draining: bool,
+    /// Strikes against digests: failures not plainly the image's own (a
+    /// pull the registry refuses, a container the engine will not create),
+    /// kept across restarts; the third marks the digest bad.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub strikes: BTreeMap<String, u32>,
+    /// The digest whose last rollbacks blamed nothing: it is tried again
+    /// only after `retry.until`, and marked bad at `image.max_attempts`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
     pub pending: Option<Pending>,
+}
+
+/// Rollbacks of one digest that blamed nothing, and when it may be tried again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retry {
+    pub digest: String,
+    pub attempts: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub until: OffsetDateTime,
+    pub last_error: String,
 }
 
 impl State {
@@ -213,6 +233,8 @@ impl State {
         self.current_digest = Some(digest.to_string());
         self.last_good_digest = Some(digest.to_string());
         self.bad_digests.retain(|b| b.digest != digest);
+        self.strikes.remove(digest);
+        self.retry = None;
     }
 }
 

@@ -17,7 +17,15 @@ impl<E: Engine> Updater<E> {
     /// Its mark goes with the commit (in the same write), so a deploy that
     /// is aborted or fails for another reason leaves the mark in place.
     pub fn forgive(&mut self, digest: &str) -> Result<(), UpdateError> {
-        self.strikes.remove(digest);
+        self.state.strikes.remove(digest);
+        if self
+            .state
+            .retry
+            .as_ref()
+            .is_some_and(|r| r.digest == digest)
+        {
+            self.state.retry = None;
+        }
         if self.state.is_bad(digest) {
             info!(
                 digest,
@@ -160,7 +168,10 @@ impl<E: Engine> Updater<E> {
         for c in running {
             self.restore_restart(&c.id).await?;
         }
-        self.give_jobs_back().await;
+        let reason = match self.give_jobs_back().await {
+            Some(note) => format!("{reason}; {note}"),
+            None => reason,
+        };
         self.hub_drain(false, "maintenance drain aborted").await;
         self.state.drained = false;
         let why = self.state.drain_reason.take();
@@ -191,12 +202,18 @@ impl<E: Engine> Updater<E> {
         info!("undrain: starting the worker again");
         self.go(Machine::undrain)?;
         let started = self.ensure_running().await;
-        if was_running {
-            // It never stopped: it only needs its jobs back.
-            self.give_jobs_back().await;
-        }
+        // It never stopped: it only needs its jobs back, and is not
+        // "undrained" while it still refuses them.
+        let refuses = match was_running {
+            true => self
+                .give_jobs_back()
+                .await
+                .filter(|_| self.refuses_jobs.is_some()),
+            false => None,
+        };
         let verified = match started {
             Err(e) => Err(crate::error_chain(&e)),
+            Ok(()) if refuses.is_some() => Err(refuses.unwrap_or_default()),
             Ok(()) if self.state.current_digest.is_none() => Ok(()),
             Ok(()) => {
                 self.go(Machine::undrain)?;

@@ -34,6 +34,9 @@ pub enum CheckOutcome {
     SkippedBad(String),
     /// Updates are held (drained or pinned).
     Held(&'static str),
+    /// The target was rolled back before without a clear cause: it is tried
+    /// again after a back-off (the text says when).
+    Deferred(String),
     /// Maintenance: the worker is drained and stopped.
     Drained,
     /// The worker runs again after a maintenance drain and passed its health gate.
@@ -99,9 +102,13 @@ impl Failure {
 
     pub fn from_error(e: &UpdateError) -> Self {
         let blame = match e {
-            UpdateError::Engine(e) if e.is_engine_down() || e.is_gpu_unavailable() => Blame::None,
+            UpdateError::Engine(e)
+                if e.is_engine_down() || e.is_gpu_unavailable() || e.is_host_trouble() =>
+            {
+                Blame::None
+            }
             UpdateError::Registry(r) if r.is_transient() => Blame::None,
-            UpdateError::Journal(_) => Blame::None,
+            UpdateError::Journal(_) | UpdateError::NameTaken { .. } => Blame::None,
             _ => Blame::Strike,
         };
         Failure::new(crate::error_chain(e), blame)

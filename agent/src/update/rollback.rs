@@ -45,7 +45,7 @@ impl<E: Engine> Updater<E> {
             // A first deploy has nothing to go back to.
             self.state.pending = None;
             self.state.current_digest = None;
-            self.save()?;
+            self.save_going_on();
             self.history(p, Outcome::Failed, Some(error.clone()), None);
             self.last_error = Some(error.clone());
             self.go(Machine::fail)?;
@@ -53,9 +53,10 @@ impl<E: Engine> Updater<E> {
         };
         self.put_back(&name, &from).await?;
         failpoint::hit("after-rollback-start").await;
-        if old_kept_running {
-            self.give_jobs_back().await;
-        }
+        let note = match old_kept_running {
+            true => self.give_jobs_back().await,
+            false => None,
+        };
         let back = match self.verify_primary(None).await {
             Err(f) if f.blame == Blame::Stopped => {
                 warn!(digest = %from, "the agent stops before the old worker is verified again; it runs, and the rollback resumes at the next start");
@@ -65,13 +66,16 @@ impl<E: Engine> Updater<E> {
         };
         self.state.current_digest = Some(from.clone());
         self.state.pending = None;
-        self.save()?;
+        self.save_going_on();
         match back {
             Ok(healthy_at) => {
                 let downtime = swap_began
                     .map(|t0| healthy_at.saturating_duration_since(t0).as_millis() as u64);
                 self.history(p, Outcome::RolledBack, Some(error.clone()), downtime);
-                self.last_error = Some(format!("{} was rolled back: {error}", p.to));
+                self.last_error = Some(match note {
+                    Some(n) => format!("{} was rolled back: {error}; {n}", p.to),
+                    None => format!("{} was rolled back: {error}", p.to),
+                });
                 self.settle()?;
                 Ok(CheckOutcome::RolledBack {
                     target: p.to.clone(),

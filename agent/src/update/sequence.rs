@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::failpoint;
-use super::journal::{Kind, Outcome, Pending, Trigger};
+use super::journal::{Kind, Outcome, Pending, Retry, Trigger};
 use super::machine::Machine;
 use super::outcome::{Blame, CheckOutcome, Failure, UpdateError};
 use super::Updater;
@@ -20,6 +20,10 @@ use crate::gpu::Snapshot;
 /// refuses, a container the engine will not create or start) after which it is
 /// marked bad anyway, so that a persistent problem does not loop.
 pub(super) const STRIKES_BEFORE_BAD: u32 = 3;
+/// The first back-off after a rollback that blamed nothing ...
+const RETRY_BASE: std::time::Duration = std::time::Duration::from_secs(60);
+/// ... doubling up to this.
+const RETRY_CAP: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Why an update ends before the swap: the old worker keeps serving.
 enum Stop {
@@ -31,6 +35,14 @@ enum Stop {
     /// A hardware fault during the pull or the drain: aborted, and updates
     /// are held.
     GpuFault(String),
+}
+
+/// Why an update stops when the next step could not be saved.
+fn unsaved_before(e: &UpdateError) -> String {
+    format!(
+        "the next step could not be saved ({}); the update is aborted and the old worker keeps serving",
+        crate::error_chain(e)
+    )
 }
 
 const SHUTTING_DOWN: &str = "the agent is shutting down; the update will be tried again";
@@ -84,18 +96,21 @@ impl<E: Engine> Updater<E> {
         };
         match before_swap {
             Some(Stop::Before(outcome)) => Ok(outcome),
-            Some(Stop::Abort(reason)) => {
-                self.abort_prepared(&p, reason.clone()).await?;
-                Ok(CheckOutcome::Aborted(reason))
-            }
+            Some(Stop::Abort(reason)) => Ok(CheckOutcome::Aborted(
+                self.abort_prepared(&p, reason).await?,
+            )),
             Some(Stop::GpuFault(what)) => {
-                self.abort_prepared(&p, what.clone()).await?;
+                let said = self.abort_prepared(&p, what.clone()).await?;
                 self.hold_for_gpu_fault(&what, trigger).await?;
-                Ok(CheckOutcome::Aborted(what))
+                Ok(CheckOutcome::Aborted(said))
             }
             None => {
-                // 3. Swap, 4. verify, 5. commit or roll back.
-                self.set_step(Machine::swap)?;
+                // 3. Swap, 4. verify, 5. commit or roll back. The old worker
+                // is not stopped unless the step is on disk.
+                if let Err(e) = self.set_step(Machine::swap) {
+                    let said = self.abort_prepared(&p, unsaved_before(&e)).await?;
+                    return Ok(CheckOutcome::Aborted(said));
+                }
                 self.swap_and_verify(&p).await
             }
         }
@@ -167,8 +182,7 @@ impl<E: Engine> Updater<E> {
             // engine that will not create it, does.
             let counts = match &e {
                 UpdateError::Engine(e) => {
-                    e.is_permanent_pull_failure()
-                        || matches!(e, EngineError::Call { op: "create", .. })
+                    e.is_permanent_pull_failure() || e.is_create_refused_for_the_image()
                 }
                 UpdateError::Registry(r) => !r.is_transient(),
                 _ => false,
@@ -197,7 +211,7 @@ impl<E: Engine> Updater<E> {
     async fn end_before_swap(&mut self, p: &Pending, msg: String) -> Result<(), UpdateError> {
         self.remove_named(&self.next_name()).await;
         self.state.pending = None;
-        self.save()?;
+        self.save_going_on();
         self.history(p, Outcome::Failed, Some(msg.clone()), None);
         self.last_error = Some(msg);
         if self.state.current_digest.is_some() {
@@ -212,7 +226,9 @@ impl<E: Engine> Updater<E> {
     /// drain, or a stop of the agent.
     async fn drain_step(&mut self, p: &Pending) -> Result<Option<Stop>, UpdateError> {
         if self.primary_running().await?.is_some() {
-            self.set_step(Machine::drain_old)?;
+            if let Err(e) = self.set_step(Machine::drain_old) {
+                return Ok(Some(Stop::Abort(unsaved_before(&e))));
+            }
             let told = self.hub_drain(true, &format!("update to {}", p.to)).await;
             if !told && self.worker.drain.http.is_none() {
                 // The hub counts the jobs, but did not hear to stop sending them.
@@ -240,12 +256,12 @@ impl<E: Engine> Updater<E> {
     /// Counts a strike against `digest`; marks it bad at the third. Returns
     /// whether it is now marked.
     pub(super) fn strike(&mut self, digest: &str, reason: &str) -> bool {
-        let n = self.strikes.entry(digest.to_string()).or_default();
+        let n = self.state.strikes.entry(digest.to_string()).or_default();
         *n += 1;
         if *n < STRIKES_BEFORE_BAD {
             return false;
         }
-        self.strikes.remove(digest);
+        self.state.strikes.remove(digest);
         let at = self.now();
         self.state.mark_bad(
             digest,
@@ -253,6 +269,47 @@ impl<E: Engine> Updater<E> {
             at,
         );
         true
+    }
+
+    /// A rollback that blamed nothing (or counted a strike short of a
+    /// mark): the digest is tried again only after a back-off (1 minute,
+    /// doubling, at most an hour; saved, so a restart keeps it), and marked
+    /// bad at `image.max_attempts`, so a cause nobody names does not cost a
+    /// drain, a swap and a rollback every poll.
+    fn back_off(&mut self, digest: &str, error: &str) {
+        if self.state.is_bad(digest) {
+            self.state.retry = None;
+            self.save_going_on();
+            return;
+        }
+        let attempts = match &self.state.retry {
+            Some(r) if r.digest == digest => r.attempts + 1,
+            _ => 1,
+        };
+        let now = self.now();
+        if attempts >= self.settings.image.max_attempts {
+            let why = format!(
+                "rolled back {attempts} times without a clear cause (image.max_attempts); the last time: {error}"
+            );
+            warn!(
+                digest,
+                attempts, "marked bad after repeated rollbacks that blamed nothing"
+            );
+            self.state.mark_bad(digest, &why, now);
+            self.state.retry = None;
+        } else {
+            let wait = RETRY_BASE
+                .saturating_mul(1 << (attempts - 1).min(16))
+                .min(RETRY_CAP);
+            info!(digest, attempts, retry_in = ?wait, "the rollback blamed nothing: the digest is tried again after a back-off");
+            self.state.retry = Some(Retry {
+                digest: digest.to_string(),
+                attempts,
+                until: now + wait,
+                last_error: error.to_string(),
+            });
+        }
+        self.save_going_on();
     }
 
     /// Steps 3 to 5, from the swap on (also where a resumed update goes on).
@@ -297,7 +354,13 @@ impl<E: Engine> Updater<E> {
                 Ok(out)
             }
             Err(f) => {
+                let blamed_image = f.blame == Blame::Image;
                 let out = self.rollback(p, f, Some(t0)).await?;
+                if let CheckOutcome::RolledBack { error, .. } = &out {
+                    if !blamed_image {
+                        self.back_off(&p.to, error);
+                    }
+                }
                 self.hub_resume_after(&out).await;
                 Ok(out)
             }
@@ -324,8 +387,8 @@ impl<E: Engine> Updater<E> {
         }
         self.state.pending = None;
         failpoint::hit("before-commit-save").await;
-        self.save()?;
-        self.strikes.remove(&p.to);
+        self.save_going_on();
+        self.state.strikes.remove(&p.to);
         // Idle before the history line: whoever reads the line (an
         // operator, the hub's report) finds the agent ready for the next action.
         self.last_error = None;
@@ -342,6 +405,9 @@ impl<E: Engine> Updater<E> {
     async fn prepare(&self, target: &str) -> Result<(), UpdateError> {
         failpoint::hit("during-pull").await;
         let next = self.next_name();
+        // A container of that name that is not ours is in the way: say so
+        // (it is not the image's fault).
+        self.check_name_is_ours(&next).await?;
         self.remove_named(&next).await;
         // A leftover container of the same digest (an earlier failed try) is in the way too.
         for c in self.engine.list_managed().await? {
@@ -354,24 +420,29 @@ impl<E: Engine> Updater<E> {
     }
 
     /// Gives the old worker its jobs back and removes the prepared container.
+    /// Returns the reason as recorded (with what giving the jobs back took).
     pub(super) async fn abort_prepared(
         &mut self,
         p: &Pending,
         reason: String,
-    ) -> Result<(), UpdateError> {
+    ) -> Result<String, UpdateError> {
         warn!(reason = %reason, "update aborted; the old worker keeps serving");
         self.hub_drain(false, "update aborted").await;
-        self.give_jobs_back().await;
+        let reason = match self.give_jobs_back().await {
+            Some(note) => format!("{reason}; {note}"),
+            None => reason,
+        };
         for c in self.engine.list_managed().await? {
             if c.digest.as_deref() == Some(p.to.as_str()) && !c.running {
                 self.engine.remove(&c.id).await?;
             }
         }
         self.state.pending = None;
-        self.save()?;
+        self.save_going_on();
         self.history(p, Outcome::Aborted, Some(reason.clone()), None);
-        self.last_error = Some(reason);
-        self.settle()
+        self.last_error = Some(reason.clone());
+        self.settle()?;
+        Ok(reason)
     }
 
     /// Stops the old worker and starts the new one under the primary name.

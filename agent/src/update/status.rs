@@ -18,6 +18,9 @@ pub struct View {
     pub last_error: Option<String>,
     pub last_check: Option<OffsetDateTime>,
     pub next_check: Option<OffsetDateTime>,
+    /// What the disk did not take (the state, history entries): the agent
+    /// goes on from memory and writes them when the disk allows.
+    pub unsaved: Option<String>,
 }
 
 impl Default for View {
@@ -28,6 +31,7 @@ impl Default for View {
             last_error: None,
             last_check: None,
             next_check: None,
+            unsaved: None,
         }
     }
 }
@@ -64,6 +68,10 @@ pub struct Status {
     /// `pinned` for a digest pin).
     #[serde(default)]
     pub pinned_digest: Option<String>,
+    /// What the disk did not take (`null` when everything is written): the
+    /// agent goes on from memory and writes it when the disk allows.
+    #[serde(default)]
+    pub state_unsaved: Option<String>,
     /// What the agent knows of the hub (`null` without `[hub]`).
     #[serde(default)]
     pub hub: Option<HubStatus>,
@@ -118,6 +126,7 @@ pub fn status_of(settings: &Settings, v: &View, hub: Option<HubStatus>) -> Statu
         drain_reason: v.state.drain_reason.clone(),
         drained_at: rfc3339(v.state.drained_at),
         pinned_digest: v.state.pinned_digest.clone(),
+        state_unsaved: v.unsaved.clone(),
         hub,
     }
 }

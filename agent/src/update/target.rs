@@ -103,6 +103,20 @@ impl<E: Engine> Updater<E> {
             self.settle()?;
             return Ok(CheckOutcome::SkippedBad(target));
         }
+        if let Some(r) = self.state.retry.as_ref().filter(|r| r.digest == target) {
+            let now = self.now();
+            if now < r.until && trigger != Trigger::Cli {
+                let why = format!(
+                    "{target} was rolled back {} time(s) without a clear cause (last: {}); it is tried again after {} (agentctl check tries it now)",
+                    r.attempts,
+                    r.last_error,
+                    r.until.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+                );
+                debug!(source, reason = %why, "backing off");
+                self.settle()?;
+                return Ok(CheckOutcome::Deferred(why));
+            }
+        }
         info!(source, digest = %target, from = self.state.current_digest.as_deref().unwrap_or("-"),
               "new digest");
         self.deploy(&target, trigger, super::Kind::Update, None)

@@ -13,9 +13,9 @@
 //! `<name>-prev` (stopped, restart policy `no`) until the new one is verified,
 //! so a rollback is a rename and a start.
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -30,6 +30,19 @@ use super::status::View;
 use crate::config::{Settings, WorkerSettings};
 use crate::docker::{Engine, WorkerSpec};
 use crate::gpu::GpuProbe;
+
+/// History entries kept while the disk does not take them, at most.
+const UNWRITTEN_MAX: usize = 1000;
+
+/// What the disk did not take: the state is then kept in memory (the update
+/// goes on), the history entries in order; both are written again at the
+/// start of the next turn.
+#[derive(Default)]
+struct Unwritten {
+    /// Why the last state write failed (`None`: the file is up to date).
+    state: Option<String>,
+    history: VecDeque<HistoryEntry>,
+}
 
 /// A transition of the [`Machine`].
 pub(super) type Transition = fn(&mut Machine) -> Result<(), InvalidTransition>;
@@ -52,7 +65,8 @@ pub struct Updater<E: Engine> {
     next_check: Option<OffsetDateTime>,
     view: tokio::sync::watch::Sender<View>,
     subscribers: Subscribers,
-    pub(super) strikes: HashMap<String, u32>,
+    /// Writes the disk did not take (a full disk, a read-only remount).
+    unwritten: Mutex<Unwritten>,
     /// Whether this turn's recovery ([`Updater::converge`]) succeeded.
     pub(super) converged: bool,
     pub(super) shutdown: CancellationToken,
@@ -70,6 +84,10 @@ pub struct Updater<E: Engine> {
     pub(super) good_xid_seq: u64,
     /// XIDs up to this seq were looked at by the fault watch.
     pub(super) seen_xid_seq: u64,
+    /// Why the worker refuses jobs since a drain it could not be told to
+    /// end (it does not support `DELETE` on its drain endpoint): it is
+    /// restarted once it has no job in flight.
+    pub(super) refuses_jobs: Option<String>,
     /// The last reason the GPU pre-flight gave (its history line is written once).
     pub(super) gate_blocked: Option<String>,
     /// Cancelled when the stop budget after SIGTERM is spent: verification
@@ -113,7 +131,7 @@ impl<E: Engine> Updater<E> {
             next_check: None,
             view: tokio::sync::watch::Sender::new(View::default()),
             subscribers: Subscribers::default(),
-            strikes: HashMap::new(),
+            unwritten: Mutex::default(),
             converged: false,
             shutdown,
             drain_cancel: Arc::default(),
@@ -122,6 +140,7 @@ impl<E: Engine> Updater<E> {
             good_xid_seq: 0,
             seen_xid_seq: 0,
             gate_blocked: None,
+            refuses_jobs: None,
             stop_now: CancellationToken::new(),
         })
     }
@@ -273,9 +292,66 @@ impl<E: Engine> Updater<E> {
         if let Some(p) = self.state.pending.as_mut() {
             p.step = next.phase();
         }
-        self.save()?;
+        if matches!(next.phase(), Phase::Verifying | Phase::RollingBack) {
+            // The old worker may be stopped: what follows (a rollback above
+            // all) must not wait on the disk.
+            self.save_going_on();
+        } else {
+            self.save()?;
+        }
         self.enter(next);
         Ok(())
+    }
+
+    /// Saves the state where the update must go on whatever the disk says
+    /// (once the old worker may be stopped, and at the end of an update): a
+    /// write that fails is logged once, kept in memory, shown in status
+    /// (`state_unsaved`), and tried again at the start of the next turn.
+    pub(super) fn save_going_on(&mut self) {
+        let r = self.journal.save(&self.state);
+        let mut w = self.unwritten.lock().unwrap_or_else(|e| e.into_inner());
+        match r {
+            Ok(()) => {
+                if let Some(e) = w.state.take() {
+                    info!(earlier_error = %e, "the state is saved again");
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if w.state.is_none() {
+                    error!(error = %msg, "could not save the state; going on from memory, it is written again when the disk allows");
+                }
+                w.state = Some(msg);
+            }
+        }
+        drop(w);
+        self.publish();
+    }
+
+    /// Writes what the disk did not take before: the state and the history
+    /// entries kept in memory (at the start of each turn).
+    pub(super) fn write_unwritten(&mut self) {
+        let state_behind = self
+            .unwritten
+            .lock()
+            .map(|w| w.state.is_some())
+            .unwrap_or(false);
+        if state_behind {
+            self.save_going_on();
+        }
+        self.flush_history();
+    }
+
+    /// Appends the kept history entries, oldest first, until one fails.
+    fn flush_history(&self) -> bool {
+        let mut w = self.unwritten.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(e) = w.history.front() {
+            if self.journal.append(e).is_err() {
+                return false;
+            }
+            w.history.pop_front();
+        }
+        true
     }
 
     pub(super) fn save(&self) -> Result<(), UpdateError> {
@@ -294,12 +370,26 @@ impl<E: Engine> Updater<E> {
 
     /// Sends the current view to its watchers (the control socket).
     pub(super) fn publish(&self) {
+        let unsaved = self.unwritten.lock().ok().and_then(|w| {
+            let history = w.history.len();
+            match (&w.state, history) {
+                (None, 0) => None,
+                (Some(e), 0) => Some(format!("state.json not written: {e}")),
+                (e, n) => Some(format!(
+                    "{}{n} history entries wait to be written",
+                    e.as_ref()
+                        .map(|e| format!("state.json not written: {e}; "))
+                        .unwrap_or_default()
+                )),
+            }
+        });
         self.view.send_replace(View {
             phase: self.machine.phase(),
             state: self.state.clone(),
             last_error: self.last_error.clone(),
             last_check: self.last_check,
             next_check: self.next_check,
+            unsaved,
         });
     }
 
@@ -320,8 +410,23 @@ impl<E: Engine> Updater<E> {
             to = entry.to.as_deref().unwrap_or("-"), downtime_ms = ?entry.downtime_ms,
             error = entry.error.as_deref().unwrap_or(""), "history"
         );
-        if let Err(e) = self.journal.append(&entry) {
-            error!(error = %e, "could not append to the history");
+        let appended = self.flush_history()
+            && {
+                match self.journal.append(&entry) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        error!(error = %e, "could not append to the history; the entry is kept and written when the disk allows");
+                        false
+                    }
+                }
+            };
+        if !appended {
+            let mut w = self.unwritten.lock().unwrap_or_else(|e| e.into_inner());
+            if w.history.len() >= UNWRITTEN_MAX {
+                w.history.pop_front();
+                warn!("more history entries than can be kept wait for the disk: the oldest is dropped");
+            }
+            w.history.push_back(entry.clone());
         }
         self.emit(Event::History {
             entry: &entry,
@@ -351,17 +456,6 @@ impl<E: Engine> Updater<E> {
             },
             Some(p.started_at),
         );
-    }
-
-    /// Tells a worker that was drained but kept running to take jobs again
-    /// (`DELETE` on the drain endpoint; best effort, logged).
-    pub(super) async fn give_jobs_back(&self) {
-        if let Some(url) = self.worker.drain.http.clone() {
-            if let Err(e) = self.probe.drain_cancel(&url).await {
-                warn!(error = %e, "could not tell the worker to take jobs again (DELETE on the drain endpoint); \
-                      it keeps running, but may refuse new jobs until it is restarted");
-            }
-        }
     }
 
     /// Gives a container the worker's restart policy back (`worker.restart`).

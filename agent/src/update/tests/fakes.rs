@@ -185,6 +185,8 @@ pub struct FakeProbe {
     pub in_flight: Mutex<VecDeque<u64>>,
     /// `health.http` fails while set.
     pub unhealthy: AtomicBool,
+    /// `DELETE` on the drain endpoint answers 405 while set (an older worker).
+    pub refuse_delete: AtomicBool,
     /// Calls, as `"METHOD path"`.
     pub calls: Mutex<Vec<String>>,
 }
@@ -224,7 +226,16 @@ impl Probe for FakeProbe {
 
     fn drain_cancel<'a>(&'a self, url: &'a Url) -> BoxFuture<'a, Result<(), ProbeError>> {
         self.call("DELETE", url);
-        async { Ok(()) }.boxed()
+        let r = if self.refuse_delete.load(Ordering::SeqCst) {
+            Err(ProbeError::Status {
+                method: "DELETE",
+                url: url.to_string(),
+                status: 405,
+            })
+        } else {
+            Ok(())
+        };
+        async move { r }.boxed()
     }
 
     fn in_flight<'a>(&'a self, url: &'a Url) -> BoxFuture<'a, Result<u64, ProbeError>> {

@@ -12,12 +12,14 @@
 //! outcome. One file per job of the driver: `sequence.rs`, `converge.rs`,
 //! `operator.rs`, `gpu.rs`, and `ports.rs` (the registry's tag and semver
 //! check, the hub's desired digest and nudges, the registration check, the
-//! hub's in-flight count as the drain).
+//! hub's in-flight count as the drain), `outage.rs` (a full disk, rollbacks
+//! that blame nothing, failures of the host, a worker that refuses `DELETE`).
 
 mod converge;
 mod fakes;
 mod gpu;
 mod operator;
+mod outage;
 mod ports;
 mod sequence;
 

@@ -93,9 +93,9 @@ async fn an_engine_unreachable_through_verification_rolls_back_without_blaming_t
     let error = assert_rolled_back(&h, out, &old, false);
     assert!(error.contains("could not verify"), "{error}");
     assert!(
-        h.up.strikes.is_empty(),
+        h.up.state.strikes.is_empty(),
         "no strike either: {:?}",
-        h.up.strikes
+        h.up.state.strikes
     );
 }
 
@@ -109,7 +109,7 @@ async fn a_new_worker_found_dead_after_the_engine_was_away_is_not_blamed() {
     let out = h.up.update_to(V2, Trigger::Poll).await.unwrap();
     let error = assert_rolled_back(&h, out, &old, false);
     assert!(error.contains("code 137"), "{error}");
-    assert!(h.up.strikes.is_empty(), "{:?}", h.up.strikes);
+    assert!(h.up.state.strikes.is_empty(), "{:?}", h.up.state.strikes);
 }
 
 #[tokio::test(start_paused = true)]
@@ -118,7 +118,7 @@ async fn a_swap_the_engine_drops_does_not_count_against_the_image() {
     h.fake.fail_next("stop", fake::unreachable());
     let out = h.up.update_to(V2, Trigger::Poll).await.unwrap();
     assert_rolled_back(&h, out, &old, false);
-    assert!(h.up.strikes.is_empty(), "{:?}", h.up.strikes);
+    assert!(h.up.state.strikes.is_empty(), "{:?}", h.up.state.strikes);
 }
 
 #[tokio::test(start_paused = true)]
@@ -129,7 +129,7 @@ async fn a_new_worker_the_engine_will_not_start_counts_a_strike_only() {
     let out = h.up.update_to(V2, Trigger::Poll).await.unwrap();
     let error = assert_rolled_back(&h, out, &old, false);
     assert!(error.contains("status 500"), "{error}");
-    assert_eq!(h.up.strikes.get(V2), Some(&1));
+    assert_eq!(h.up.state.strikes.get(V2), Some(&1));
 }
 
 #[tokio::test(start_paused = true)]
@@ -146,7 +146,7 @@ async fn an_engine_without_gpu_support_is_one_clear_error_not_a_rollback_loop() 
     let out = h.up.update_to(V2, Trigger::Poll).await.unwrap();
     let error = assert_rolled_back(&h, out, &old, false);
     assert!(error.contains("NVIDIA Container Toolkit"), "{error}");
-    assert_eq!(h.up.strikes.get(V2), None, "the image is not blamed");
+    assert_eq!(h.up.state.strikes.get(V2), None, "the image is not blamed");
     // The next polls do not stop the old worker again for nothing.
     h.fake.clear_calls();
     for _ in 0..3 {
@@ -267,7 +267,7 @@ async fn a_transient_pull_failure_never_counts() {
         assert!(matches!(out, CheckOutcome::Failed(_)), "{out:?}");
         assert!(!h.saved().is_bad(V2), "attempt {attempt}");
     }
-    assert!(h.up.strikes.is_empty(), "{:?}", h.up.strikes);
+    assert!(h.up.state.strikes.is_empty(), "{:?}", h.up.state.strikes);
     h.untouched(&old);
     // The limit lifts: the update goes through.
     let out = h.up.update_to(V2, Trigger::Poll).await.unwrap();
@@ -303,7 +303,7 @@ async fn an_image_that_vanishes_before_create_is_pulled_again() {
         format!("pull {}", image(V2)),
         format!("create {NEXT}"),
     ]);
-    assert!(h.up.strikes.is_empty());
+    assert!(h.up.state.strikes.is_empty());
 }
 
 #[tokio::test(start_paused = true)]
