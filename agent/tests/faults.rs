@@ -13,7 +13,7 @@ mod common;
 #[allow(dead_code)]
 mod common_registry;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -24,18 +24,6 @@ use common_registry::mock::{after, reply, Mock};
 use gpu_agent::docker::{BollardEngine, Container, Engine};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// `agentctl status --json`, once the agent answers (it may be starting).
-async fn status(s: &Setup) -> Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let r = ctl(s, &["status", "--json"]).await;
-        if r.code != 3 || Instant::now() > deadline {
-            return r.expect(0).json();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 fn history_bytes(s: &Setup) -> Vec<u8> {
     std::fs::read(s.state_dir().join("history.jsonl")).unwrap_or_default()
@@ -358,53 +346,6 @@ async fn a_truncated_state_file_is_rebuilt_and_the_worker_and_history_kept() {
 
 // ---------------------------------------------------------------------------
 // The state directory's file system is full
-
-/// A small tmpfs mounted at a folder; unmounted (lazily) on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(dir).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .output()
-            .expect("running mount");
-        assert!(
-            out.status.success(),
-            "mount tmpfs (needs root): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Tmpfs(dir.to_path_buf())
-    }
-
-    /// Fills the file system with `fill` files until a write fails.
-    fn fill(&self) {
-        use std::io::Write as _;
-        let mut f = std::fs::File::create(self.0.join("fill")).unwrap();
-        let block = [0u8; 1024];
-        while f.write_all(&block).and_then(|_| f.sync_data()).is_ok() {}
-        // Small files for whatever fragments remain.
-        for i in 0..256 {
-            if std::fs::write(self.0.join(format!("fill-{i}")), [0u8; 64]).is_err() {
-                break;
-            }
-        }
-    }
-
-    fn free(&self) {
-        let _ = std::fs::remove_file(self.0.join("fill"));
-        for i in 0..256 {
-            let _ = std::fs::remove_file(self.0.join(format!("fill-{i}")));
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_state_directory_keeps_the_worker_says_where_and_recovers() {

@@ -813,3 +813,65 @@ impl Setup {
         assert!(!self.history().is_empty());
     }
 }
+
+// ---- shared by the fault suites ----
+
+/// `agentctl status --json`, once the agent answers (it may be starting).
+pub async fn status(s: &Setup) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let r = ctl(s, &["status", "--json"]).await;
+        if r.code != 3 || Instant::now() > deadline {
+            return r.expect(0).json();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A small tmpfs mounted at a folder; unmounted (lazily) on drop.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("running mount");
+        assert!(
+            out.status.success(),
+            "mount tmpfs (needs root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+
+    /// Fills the file system with `fill` files until a write fails.
+    pub fn fill(&self) {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(self.0.join("fill")).unwrap();
+        let block = [0u8; 1024];
+        while f.write_all(&block).and_then(|_| f.sync_data()).is_ok() {}
+        // Small files for whatever fragments remain.
+        for i in 0..256 {
+            if std::fs::write(self.0.join(format!("fill-{i}")), [0u8; 64]).is_err() {
+                break;
+            }
+        }
+    }
+
+    pub fn free(&self) {
+        let _ = std::fs::remove_file(self.0.join("fill"));
+        for i in 0..256 {
+            let _ = std::fs::remove_file(self.0.join(format!("fill-{i}")));
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+

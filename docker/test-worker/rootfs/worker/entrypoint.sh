@@ -37,6 +37,7 @@ quote() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"; }
     echo "JOB_MS=$JOB_MS"
     echo "DIGEST=$(quote "${GPU_AGENT_DIGEST:-}")"
     echo "AGENT_ID=$(quote "${GPU_AGENT_ID:-}")"
+    echo "DRAIN_DELETE=$(quote "${DRAIN_DELETE:-}")"
 } >"$STATE/env"
 # shellcheck source=/dev/null
 . "$STATE/env"
