@@ -136,6 +136,31 @@ async fn an_application_xid_from_the_new_worker_rolls_it_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gpus_are_checked_after_the_swap_before_the_commit() {
+    let s = Setup::new("gpu-postswap");
+    let v1 = s.push("v1", "stable");
+    let nvml = Nvml::new(&s, TWO_GPUS);
+    let agent = s.start_agent_env(&gated(&s, &s.env(""), "6s"), &nvml.env());
+    s.wait_history(&v1, "success", &agent).await;
+    let v2 = s.push("v2", "stable");
+    let verifying = wait_for(WAIT, || async {
+        (step(&s).as_deref() == Some("verifying")).then_some(())
+    })
+    .await;
+    assert!(verifying.is_some(), "{}", agent.log());
+    // No XID: GPU 1 reports uncorrectable ECC errors with the new worker on it.
+    nvml.set(&format!("{TWO_GPUS}gpu1.dbe=2\n"));
+    let e = s.wait_history(&v2, "rolled_back", &agent).await;
+    let why = e["error"].as_str().unwrap();
+    assert!(
+        why.contains("GPU health after the swap") && why.contains("GPU 1"),
+        "{why}"
+    );
+    assert!(!s.is_marked_bad(&v2), "not the image's fault");
+    assert!(s.state()["gpu_hold"].is_string(), "{:#}", s.state());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hardware_xid_is_reported_with_its_action_and_drains_the_worker() {
     let s = Setup::new("gpu-hwxid");
     let v1 = s.push("v1", "stable");

@@ -7,7 +7,6 @@
 
 mod common;
 
-
 use common::*;
 use serde_json::Value;
 
@@ -46,17 +45,29 @@ async fn a_disk_that_fills_during_the_verification_does_not_block_the_rollback()
     // A new image that starts, then crashes during its verification.
     let bad = s.push("crash", "stable");
     ctl(&s, &["check"]).await.expect(0);
-    wait_status(&s, &agent, "the verification", |v| v["phase"] == "verifying").await;
+    wait_status(&s, &agent, "the verification", |v| {
+        v["phase"] == "verifying"
+    })
+    .await;
     fs.fill();
 
     // The rollback goes on from memory: the last good worker serves again.
     s.wait_running(&v1, "v1", &agent).await;
     let st = wait_status(&s, &agent, "the rollback ended", |v| v["phase"] == "idle").await;
     assert_eq!(st["current_digest"], v1.as_str());
-    let unsaved = st["state_unsaved"].as_str().unwrap_or_default().to_lowercase();
-    assert!(unsaved.contains("no space"), "status says the disk is full: {st:#}");
+    let unsaved = st["state_unsaved"]
+        .as_str()
+        .unwrap_or_default()
+        .to_lowercase();
     assert!(
-        st["last_error"].as_str().unwrap_or_default().contains("rolled back"),
+        unsaved.contains("no space"),
+        "status says the disk is full: {st:#}"
+    );
+    assert!(
+        st["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("rolled back"),
         "{st:#}"
     );
     assert!(
@@ -67,7 +78,10 @@ async fn a_disk_that_fills_during_the_verification_does_not_block_the_rollback()
     // Space again: the next turn writes the state and the history.
     fs.free();
     ctl(&s, &["check", "--wait"]).await;
-    let st = wait_status(&s, &agent, "everything written", |v| v["state_unsaved"].is_null()).await;
+    let st = wait_status(&s, &agent, "everything written", |v| {
+        v["state_unsaved"].is_null()
+    })
+    .await;
     assert_eq!(st["current_digest"], v1.as_str());
     let disk = s.state();
     assert_eq!(disk["current_digest"], v1.as_str(), "{disk:#}");
@@ -77,9 +91,23 @@ async fn a_disk_that_fills_during_the_verification_does_not_block_the_rollback()
     agent.kill9();
 }
 
+/// A container of someone else's, removed when the test ends (also when it fails).
+struct Foreign(String);
+
+impl Drop for Foreign {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .env("DOCKER_HOST", docker_host())
+            .args(["rm", "-f", &self.0])
+            .output();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_holding_the_next_name_is_not_held_against_the_image() {
     let s = Setup::new("o-nextname");
+    let next = Foreign(format!("{}-next", s.name));
+    drop(Foreign(next.0.clone()));
     let v1 = s.push("v1", "stable");
     let cfg = s
         .config("tag = \"stable\"", &s.env(""), "")
@@ -88,8 +116,7 @@ async fn a_container_holding_the_next_name_is_not_held_against_the_image() {
     s.wait_history(&v1, "success", &agent).await;
     let worker = s.running().await.unwrap();
     // Someone else's container holds <name>-next.
-    let next = format!("{}-next", s.name);
-    docker(&["create", "--name", &next, &image("v1"), "true"]);
+    docker(&["create", "--name", &next.0, &image("v1"), "true"]);
 
     let v2 = s.push("v2", "stable");
     for _ in 0..4 {
@@ -97,15 +124,23 @@ async fn a_container_holding_the_next_name_is_not_held_against_the_image() {
         assert_ne!(r.code, 0, "{r:#?}");
         let said = r.json().to_string();
         assert!(
-            said.contains(&next) && said.contains("does not manage"),
+            said.contains(&next.0) && said.contains("does not manage"),
             "the answer names the container in the way: {said}"
         );
     }
-    assert!(!s.is_marked_bad(&v2), "a good image was marked bad: {:#}", s.state());
-    assert_eq!(s.running().await.unwrap().id, worker.id, "the worker was touched");
+    assert!(
+        !s.is_marked_bad(&v2),
+        "a good image was marked bad: {:#}",
+        s.state()
+    );
+    assert_eq!(
+        s.running().await.unwrap().id,
+        worker.id,
+        "the worker was touched"
+    );
 
     // Once it is gone, the update goes through.
-    docker(&["rm", "-f", &next]);
+    drop(next);
     ctl(&s, &["check", "--wait"]).await.expect(0);
     s.wait_running(&v2, "v2", &agent).await;
     agent.kill9();
@@ -140,11 +175,22 @@ async fn a_worker_that_refuses_delete_is_restarted_once_its_jobs_finish() {
         })
     })
     .await
-    .unwrap_or_else(|| panic!("no restart in the history: {:#?}\n{}", s.history(), agent.log()));
+    .unwrap_or_else(|| {
+        panic!(
+            "no restart in the history: {:#?}\n{}",
+            s.history(),
+            agent.log()
+        )
+    });
     assert_eq!(entry["outcome"], "success");
     let after = s.running().await.unwrap();
     assert_eq!(after.id, worker.id, "the same container, restarted");
-    let drain: Value = reqwest::get(s.drain_url()).await.unwrap().json().await.unwrap();
+    let drain: Value = reqwest::get(s.drain_url())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(drain["draining"], false, "it takes jobs again: {drain}");
     agent.kill9();
 }

@@ -161,6 +161,44 @@ impl<E: Engine> Updater<E> {
             .map(|x| format!("GPU fault: {}", xid_text(&x)))
     }
 
+    /// The SPEC's post-swap GPU check, before the commit: the GPUs are all
+    /// there and sound with the new worker on them (count, temperature,
+    /// ECC, row remaps, retired pages), not only free of XIDs. A GPU that
+    /// is not is the host's problem, not the image's: the update is rolled
+    /// back without a mark and updates are held (`Blame::GpuFault`).
+    pub(super) async fn gpu_after_swap(&self) -> Result<(), Failure> {
+        let Some(read) = self.gpu_snapshot().await else {
+            return Ok(());
+        };
+        let snap = read.map_err(|e| {
+            Failure::new(
+                format!("GPU health after the swap: the GPUs cannot be read: {e}"),
+                Blame::GpuFault,
+            )
+        })?;
+        let a = gpu::assess(&snap, &limits(&self.settings.gpu), &[]);
+        self.emit(Event::GpusRead {
+            snapshot: &snap,
+            assessment: &a,
+        });
+        if a.healthy {
+            return Ok(());
+        }
+        let why: Vec<&str> = a
+            .problems
+            .iter()
+            .filter(|p| p.blocks_update)
+            .map(|p| p.what.as_str())
+            .collect();
+        Err(Failure::new(
+            format!(
+                "GPU health after the swap (not the image's fault): {}",
+                why.join("; ")
+            ),
+            Blame::GpuFault,
+        ))
+    }
+
     /// Hardware-class XIDs on the worker's GPUs since the last look: reported,
     /// and with `gpu.drain_on_fault` the worker is drained (updates are held
     /// by the pre-flight until an operator acts).

@@ -323,7 +323,10 @@ impl<E: Engine> Updater<E> {
                 failpoint::hit("after-start").await;
                 self.set_step(Machine::verify)?;
                 match self.verify_primary(Some(xid_base)).await {
-                    Ok(at) => self.verify_registration(&p.to).await.map(|()| at),
+                    Ok(at) => match self.gpu_after_swap().await {
+                        Ok(()) => self.verify_registration(&p.to).await.map(|()| at),
+                        Err(f) => Err(f),
+                    },
                     Err(f) => Err(f),
                 }
             }

@@ -261,3 +261,28 @@ async fn images_that_turn_the_cuda_check_off_are_not_refused() {
         CheckOutcome::Updated(V2.into())
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_gpu_that_fails_after_the_swap_rolls_back_without_blaming_the_image() {
+    let (mut h, old, gpu) = with_gpus();
+    // The pre-flight sees two sound GPUs; once the new worker starts, one
+    // reports uncorrectable ECC errors.
+    let g = gpu.clone();
+    h.fake.before_next("start", move |_| {
+        g.update_gpu(1, |r| r.ecc_dbe_volatile = Some(3));
+    });
+    let out = h.up.update_to(V2, Trigger::Poll).await.unwrap();
+    let CheckOutcome::RolledBack { error, .. } = out else {
+        panic!("expected a rollback, got {out:?}");
+    };
+    assert!(
+        error.contains("GPU health after the swap") && error.contains("GPU 1"),
+        "{error}"
+    );
+    let s = h.saved();
+    assert_eq!(s.current_digest.as_deref(), Some(V1));
+    assert!(!s.is_bad(V2), "the image is not blamed: {s:?}");
+    assert!(s.gpu_hold.is_some(), "updates are held: {s:?}");
+    // The old container is back (drained for the fault: gpu.drain_on_fault).
+    assert_eq!(h.fake.container(W).unwrap().id, old);
+}
