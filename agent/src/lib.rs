@@ -20,6 +20,7 @@ pub mod gpu;
 pub mod health;
 pub mod hub;
 pub mod metrics;
+pub mod notify;
 pub mod registry;
 pub mod update;
 pub mod worker;

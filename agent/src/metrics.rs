@@ -29,6 +29,7 @@
 //! | `gpu_agent_registry_requests_total` | counter | `status` (HTTP status, or `error` without an answer) |
 //! | `gpu_agent_check_total` | counter | `result` (`ok`, `failed`): checks for a new digest, at 0 from the start |
 //! | `gpu_agent_check_last_success_timestamp_seconds` | gauge | Unix time of the last check that got an answer (0 before the first) |
+//! | `gpu_agent_notify_total` | counter | `result` (`sent`, `failed`, `dropped`): webhook notifications, at 0 from the start |
 //! | `gpu_agent_hub_configured` | gauge | 1 when the config has a `[hub]` |
 //! | `gpu_agent_hub_stream_up` | gauge | 1 while the hub's event stream is open |
 //! | `gpu_agent_fleet_slot_held` | gauge | 1 while this host holds one of its fleet group's update slots |
@@ -95,6 +96,8 @@ const OUTCOMES: [Outcome; 4] = [
 /// The states of a fleet rollout (SPEC, `gpu-fleet rollout status`).
 pub const ROLLOUT_STATES: [&str; 5] = ["rolling", "paused", "halted", "complete", "aborted"];
 
+const NOTIFY_RESULTS: [&str; 3] = ["sent", "failed", "dropped"];
+
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 fn unix_seconds(t: OffsetDateTime) -> f64 {
@@ -111,6 +114,7 @@ pub struct Metrics {
     phase_seen: std::sync::Mutex<Phase>,
     checks: Family<Labels, Counter>,
     last_check_ok: FloatGauge,
+    notifications: Family<Labels, Counter>,
     hub_configured: Gauge,
     hub_stream_up: Gauge,
     worker_healthy: Family<Labels, Gauge>,
@@ -166,6 +170,7 @@ impl Metrics {
             phase_seen: std::sync::Mutex::new(Phase::Idle),
             checks: Family::default(),
             last_check_ok: FloatGauge::default(),
+            notifications: Family::default(),
             hub_configured: Gauge::default(),
             hub_stream_up: Gauge::default(),
             worker_healthy: Family::default(),
@@ -241,6 +246,16 @@ impl Metrics {
             "Unix time of the last check that got an answer (0: none yet)",
             m.last_check_ok.clone(),
         );
+        registry.register(
+            "notify",
+            "Webhook notifications by result (sent, failed after its retries, dropped: queue full)",
+            m.notifications.clone(),
+        );
+        for r in NOTIFY_RESULTS {
+            let _ = m
+                .notifications
+                .get_or_create(&vec![("result", r.to_string())]);
+        }
         registry.register(
             "hub_configured",
             "1 when the config has a hub",
@@ -444,6 +459,14 @@ impl Metrics {
         if ok {
             self.last_check_ok.set(unix_seconds(at));
         }
+    }
+
+    /// Counts one notification: `sent`, `failed` (after its retries) or
+    /// `dropped` (its queue was full).
+    pub fn observe_notify(&self, result: &str) {
+        self.notifications
+            .get_or_create(&vec![("result", result.to_string())])
+            .inc();
     }
 
     /// Whether the config has a hub (at start and after a reload).
@@ -650,6 +673,12 @@ mod tests {
         for o in ["success", "rolled_back", "failed", "aborted"] {
             let s = format!("gpu_agent_update_last_timestamp_seconds{{outcome=\"{o}\"}}");
             assert_eq!(value(&text, &s), 0.0);
+        }
+        for r in NOTIFY_RESULTS {
+            assert_eq!(
+                value(&text, &format!("gpu_agent_notify_total{{result=\"{r}\"}}")),
+                0.0
+            );
         }
         for r in ["ok", "failed"] {
             assert_eq!(
