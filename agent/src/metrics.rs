@@ -35,6 +35,7 @@
 //! | `gpu_agent_fleet_slot_held` | gauge | 1 while this host holds one of its fleet group's update slots |
 //! | `gpu_agent_fleet_rollout_state` | gauge | `state` (`rolling`, `paused`, `halted`, `complete`, `aborted`): 1 for the group's rollout state, all 0 without a rollout or a fleet |
 //! | `gpu_agent_gpu_count` | gauge | GPUs NVML shows (last reading) |
+//! | `gpu_agent_gpu_last_reading_timestamp_seconds` | gauge | Unix time of the last GPU reading, read or not (0: none yet, e.g. `gpu.check = false`) |
 //! | `gpu_agent_gpu_healthy` | gauge | 1 when no GPU problem blocks updates (last reading) |
 //! | `gpu_agent_gpu_temperature_celsius` | gauge | `gpu`, `uuid` |
 //! | `gpu_agent_gpu_memory_used_bytes` | gauge | `gpu`, `uuid` |
@@ -131,6 +132,7 @@ pub struct Metrics {
     registry_requests: Family<Labels, Counter>,
     gpu_count: Gauge,
     gpu_healthy: Gauge,
+    gpu_read_at: FloatGauge,
     gpu_temperature: Family<Labels, Gauge>,
     gpu_memory_used: Family<Labels, Gauge>,
     gpu_dbe: Family<Labels, Gauge>,
@@ -188,6 +190,7 @@ impl Metrics {
             last_check: Gauge::default(),
             registry_requests: Family::default(),
             gpu_count: Gauge::default(),
+            gpu_read_at: FloatGauge::default(),
             gpu_healthy: Gauge::default(),
             gpu_temperature: Family::default(),
             gpu_memory_used: Family::default(),
@@ -337,6 +340,11 @@ impl Metrics {
             m.gpu_count.clone(),
         );
         registry.register(
+            "gpu_last_reading_timestamp_seconds",
+            "Unix time of the last GPU reading, whether NVML answered or not (0: none yet)",
+            m.gpu_read_at.clone(),
+        );
+        registry.register(
             "gpu_healthy",
             "1 when no GPU problem blocks updates (last reading)",
             m.gpu_healthy.clone(),
@@ -369,6 +377,8 @@ impl Metrics {
         let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
         self.gpu_count.set(s.gpus.len() as i64);
         self.gpu_healthy.set(i64::from(a.healthy));
+        self.gpu_read_at
+            .set(unix_seconds(OffsetDateTime::now_utc()));
         self.gpu_temperature.clear();
         self.gpu_memory_used.clear();
         self.gpu_dbe.clear();
@@ -391,6 +401,8 @@ impl Metrics {
         let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
         self.gpu_count.set(0);
         self.gpu_healthy.set(0);
+        self.gpu_read_at
+            .set(unix_seconds(OffsetDateTime::now_utc()));
         self.gpu_temperature.clear();
         self.gpu_memory_used.clear();
         self.gpu_dbe.clear();
@@ -707,6 +719,7 @@ mod tests {
             ("gpu_agent_hub_configured", 0.0),
             ("gpu_agent_hub_stream_up", 0.0),
             ("gpu_agent_fleet_slot_held", 0.0),
+            ("gpu_agent_gpu_last_reading_timestamp_seconds", 0.0),
         ] {
             assert_eq!(value(&text, series), v, "{series}");
         }
