@@ -232,3 +232,46 @@ fn version_names_the_commit() {
         format!("gpu-agent {} (commit {head})", env!("CARGO_PKG_VERSION"))
     );
 }
+
+/// The man pages and completions the package ships are committed (so that
+/// `cargo deb -p gpu-agent` alone packs them): they must be what the
+/// binaries write now.
+#[test]
+fn the_committed_man_pages_and_completions_match_the_binaries() {
+    let packaging = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging");
+    let dir = tempfile::tempdir().unwrap();
+    let man = dir.path().join("man");
+    for bin in [GPU_AGENT, AGENTCTL] {
+        let out = run(bin, &["man", "--out", man.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let names = |d: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let fix = "run scripts/gen-docs.sh and commit packaging/man and packaging/completions";
+    assert_eq!(names(&man), names(&packaging.join("man")), "{fix}");
+    for n in names(&man) {
+        assert!(
+            std::fs::read(man.join(&n)).unwrap()
+                == std::fs::read(packaging.join("man").join(&n)).unwrap(),
+            "packaging/man/{n} is stale: {fix}"
+        );
+    }
+    for (shell, file) in [
+        ("bash", "agentctl.bash"),
+        ("zsh", "_agentctl"),
+        ("fish", "agentctl.fish"),
+    ] {
+        let out = run(AGENTCTL, &["completions", shell]);
+        assert!(out.status.success());
+        assert!(
+            out.stdout == std::fs::read(packaging.join("completions").join(file)).unwrap(),
+            "packaging/completions/{file} is stale: {fix}"
+        );
+    }
+}
