@@ -516,6 +516,9 @@ impl Metrics {
     /// `None` without a rollout or a fleet.
     pub fn set_fleet_rollout_state(&self, state: Option<&str>) {
         let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        // A state outside the list (a newer fleet) gets a series of its own
+        // until the next change.
+        self.fleet_rollout.clear();
         for st in ROLLOUT_STATES {
             self.fleet_rollout
                 .get_or_create(&vec![("state", st.to_string())])
@@ -814,6 +817,7 @@ mod tests {
         assert!(value(&text, "gpu_agent_phase_since_timestamp_seconds") >= before.floor());
         // A renamed worker replaces the series; no rollout clears the state.
         m.set_worker_healthy("gpu-worker-2", true);
+        m.set_fleet_rollout_state(Some("resharding"));
         m.set_fleet_rollout_state(None);
         m.set_hub_configured(false);
         let text = m.render(&View::default());
@@ -826,6 +830,7 @@ mod tests {
             value(&text, "gpu_agent_fleet_rollout_state{state=\"halted\"}"),
             0.0
         );
+        assert!(!text.contains("resharding"), "{text}");
         assert_eq!(value(&text, "gpu_agent_hub_stream_up"), 0.0);
     }
 }
