@@ -18,6 +18,11 @@ use gpu_agent::update::{HistoryEntry, Kind, Outcome, Trigger};
 use serde_json::Value;
 use time::OffsetDateTime;
 
+/// One test at a time: the log test's subscriber must see every event of
+/// its notifier (tracing caches per call site whether anyone listens), and
+/// the metrics counters are the process's.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[derive(Clone, Default)]
 struct Receiver {
     got: Arc<Mutex<Vec<Value>>>,
@@ -103,6 +108,7 @@ async fn wait_for(r: &Receiver, n: usize, within: Duration) -> Vec<Value> {
 
 #[tokio::test]
 async fn json_and_slack_receivers_get_the_outcomes_they_asked_for() {
+    let _one = SERIAL.lock().await;
     let all = Receiver::default();
     let bad_only = Receiver::default();
     let slack = Receiver::default();
@@ -179,6 +185,7 @@ async fn json_and_slack_receivers_get_the_outcomes_they_asked_for() {
 
 #[tokio::test]
 async fn a_receiver_that_is_down_then_up_gets_the_entry_and_so_does_one_that_fails_at_first() {
+    let _one = SERIAL.lock().await;
     // A port nobody listens on yet.
     let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = free.local_addr().unwrap();
@@ -218,6 +225,7 @@ async fn a_receiver_that_is_down_then_up_gets_the_entry_and_so_does_one_that_fai
 
 #[tokio::test]
 async fn a_slow_receiver_never_holds_the_sender_and_the_queue_is_bounded() {
+    let _one = SERIAL.lock().await;
     let slow = Receiver {
         delay: Duration::from_secs(30),
         ..Receiver::default()
@@ -264,4 +272,60 @@ fn metric(series: &str) -> f64 {
         .unwrap_or_else(|| panic!("{series} not in\n{text}"))
         .parse()
         .unwrap()
+}
+
+/// Log lines, kept for the test to read.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn the_webhook_path_never_reaches_the_logs() {
+    let _one = SERIAL.lock().await;
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    // One receiver that always fails, one address nobody listens on.
+    let failing = Receiver {
+        fail_first: u32::MAX,
+        ..Receiver::default()
+    };
+    let f = serve(failing.clone(), "127.0.0.1:0".parse().unwrap()).await;
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down = free.local_addr().unwrap();
+    drop(free);
+    let s = settings(&format!(
+        "[[notify]]\nurl = \"{}\"\n[[notify]]\nurl = \"{}\"\n",
+        url(f),
+        url(down)
+    ));
+    let opts = NotifyOptions {
+        attempts: 2,
+        ..fast()
+    };
+    let n = Notifier::spawn_with(&s, opts);
+    n.send(&entry(Outcome::Aborted, None));
+    n.shutdown(Duration::from_secs(5)).await;
+
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(text.contains("notification not delivered"), "{text}");
+    assert!(text.contains(&format!("http://{f}")), "{text}");
+    assert!(text.contains(&format!("http://{down}")), "{text}");
+    assert!(!text.contains("s3cret-path"), "{text}");
+    assert_eq!(*failing.hits.lock().unwrap(), 2);
 }
