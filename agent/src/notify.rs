@@ -327,14 +327,21 @@ fn digest(d: Option<&str>) -> String {
 /// One line an operator reads at a glance:
 /// `host-1: update of gpu-worker rolled back (0123456789ab → fedcba987654, trigger poll): not healthy within 60s`.
 fn summary(source: &Source, e: &HistoryEntry) -> String {
+    let digests = if e.from.is_none() && e.to.is_none() {
+        String::new()
+    } else {
+        format!(
+            "{} → {}, ",
+            digest(e.from.as_deref()),
+            digest(e.to.as_deref())
+        )
+    };
     let mut s = format!(
-        "{}: {} of {} {} ({} → {}, trigger {})",
+        "{}: {} of {} {} ({digests}trigger {})",
         source.agent,
         kind_word(e.kind),
         source.worker,
         outcome_words(e.outcome),
-        digest(e.from.as_deref()),
-        digest(e.to.as_deref()),
         label(&e.trigger),
     );
     if let Some(err) = &e.error {
@@ -412,6 +419,15 @@ mod tests {
         assert_eq!(
             s,
             "host-1: update of gpu-worker rolled back (010101010101 → fefefefefefe, trigger poll): not healthy within 60s"
+        );
+        let mut drain = entry(Outcome::Success, None);
+        drain.kind = Kind::Drain;
+        drain.trigger = Trigger::Cli;
+        (drain.from, drain.to) = (None, None);
+        drain.reason = Some("bios".into());
+        assert_eq!(
+            summary(&source(), &drain),
+            "host-1: drain of gpu-worker succeeded (trigger cli) (reason: bios)"
         );
     }
 
