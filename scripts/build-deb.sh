@@ -5,10 +5,12 @@
 #
 # Installs cargo-deb (cargo install --locked) when it is missing, then runs
 # `cargo deb -p gpu-agent`, which makes a release build of gpu-agent and
-# agentctl, writes their man pages and agentctl's bash/zsh/fish completions
-# into target/assets/, and packs them with the unit (systemd/gpu-agent.service), the
+# agentctl, refreshes their man pages and agentctl's bash/zsh/fish completions
+# in packaging/ (scripts/gen-docs.sh), and packs them with the unit (systemd/gpu-agent.service), the
 # commented config (packaging/agent.toml, a conffile) and the maintainer
-# scripts (packaging/debian/). The metadata is in agent/Cargo.toml,
+# scripts (packaging/debian/), the Prometheus alerting rules and the Grafana
+# dashboard. `cargo deb -p gpu-agent` alone makes the same package from the
+# committed pages. The metadata is in agent/Cargo.toml,
 # [package.metadata.deb]. Install with: apt install ./target/debian/gpu-agent_*.deb
 #
 # Environment:
@@ -46,16 +48,13 @@ else
     cargo build --profile "$profile" -p gpu-agent
 fi
 
-# Man pages and completions come from the binaries' own clap definitions.
-echo "==> man pages and shell completions"
-assets=target/assets # where agent/Cargo.toml's assets expect them, whatever CARGO_TARGET_DIR says
-rm -rf "$assets" && mkdir -p "$assets/man" "$assets/completions"
-"$bins/gpu-agent" man --out "$assets/man" >/dev/null
-"$bins/agentctl" man --out "$assets/man" >/dev/null
-gzip -9n "$assets"/man/*.1
-"$bins/agentctl" completions bash >"$assets/completions/agentctl.bash"
-"$bins/agentctl" completions zsh >"$assets/completions/_agentctl"
-"$bins/agentctl" completions fish >"$assets/completions/agentctl.fish"
+# Man pages and completions come from the binaries' own clap definitions
+# (committed under packaging/, so `cargo deb -p gpu-agent` alone packs them too).
+echo "==> man pages and shell completions (scripts/gen-docs.sh)"
+scripts/gen-docs.sh "$bins"
+if [ -n "$(git status --porcelain -- packaging/man packaging/completions 2>/dev/null)" ]; then
+    echo "note: packaging/man or packaging/completions changed: commit them" >&2
+fi
 
 # cargo-deb maps the assets' target/release/ to the profile's own folder.
 echo "==> cargo deb -p gpu-agent --no-build --profile $profile $*"

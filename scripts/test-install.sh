@@ -249,10 +249,18 @@ if out="$(in_ct dpkg -i "/debs/$DEB1" 2>&1)"; then
     enabled="$(in_ct systemctl is-enabled gpu-agent.service 2>&1 || true)"
     active="$(in_ct systemctl is-active gpu-agent.service 2>&1 || true)"
     group="$(in_ct getent group gpu-agent || true)"
-    if [ "$enabled" = enabled ] && [ "$active" = inactive ] && [ -n "$group" ]; then
-        pass "dpkg -i $DEB1: unit enabled, not started; group gpu-agent exists"
+    # The files an operator looks for: monitoring, man pages, completions.
+    missing=""
+    for f in /usr/share/gpu-agent/prometheus/gpu-agent.rules.yml \
+        /usr/share/gpu-agent/grafana/gpu-agent.json \
+        /usr/share/man/man1/agentctl-drain.1.gz /usr/share/man/man1/gpu-agent.1.gz \
+        /usr/share/bash-completion/completions/agentctl; do
+        in_ct test -s "$f" || missing="$missing $f"
+    done
+    if [ "$enabled" = enabled ] && [ "$active" = inactive ] && [ -n "$group" ] && [ -z "$missing" ]; then
+        pass "dpkg -i $DEB1: unit enabled, not started; group gpu-agent exists; rules, dashboard, man pages, completions installed"
     else
-        fail "dpkg -i $DEB1: is-enabled=$enabled is-active=$active group='$group'"
+        fail "dpkg -i $DEB1: is-enabled=$enabled is-active=$active group='$group' missing:${missing:- none}"
     fi
 else
     fail "dpkg -i $DEB1"

@@ -9,7 +9,8 @@
 #   scripts/test.sh --test swap -- --nocapture
 #
 # Steps: install missing Debian packages (docker.io docker-registry busybox-static gcc libc6-dev
-# apache2-utils curl debootstrap jq), start the private stack (scripts/stack.sh up), build the
+# apache2-utils curl debootstrap jq prometheus: promtool and a Prometheus for
+# tests/monitoring.rs), start the private stack (scripts/stack.sh up), build the
 # test worker images, export the stack's variables (scripts/stack.sh env:
 # DOCKER_HOST, GPU_AGENT_TEST_DOCKER_HOST, GPU_AGENT_TEST_REGISTRY,
 # GPU_AGENT_TEST_REGISTRY_BIN), build all targets once with the failpoints
@@ -61,7 +62,7 @@ on_exit() {
 }
 
 section "Prerequisites"
-ensure_packages docker.io docker-registry busybox-static apache2-utils curl gcc libc6-dev debootstrap jq
+ensure_packages docker.io docker-registry busybox-static apache2-utils curl gcc libc6-dev debootstrap jq prometheus
 ensure_cargo
 note "$(cargo --version)"
 

@@ -4,6 +4,11 @@
 //! arguments and call into it. See `ARCHITECTURE.md` at the repository root for
 //! the code map and the update sequence.
 
+/// The git commit the binaries were built from (agent/build.rs), or `unknown`.
+pub const COMMIT: &str = env!("GPU_AGENT_COMMIT");
+/// The crate's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -15,6 +20,7 @@ pub mod gpu;
 pub mod health;
 pub mod hub;
 pub mod metrics;
+pub mod notify;
 pub mod registry;
 pub mod update;
 pub mod worker;

@@ -294,7 +294,13 @@ async fn no_agent_is_exit_3_and_bad_command_lines_are_exit_2() {
             "{args:?}: {r:#?}"
         );
         assert!(r.stderr.contains("is the agent running?"), "{r:#?}");
-        assert!(r.stdout.is_empty(), "{r:#?}");
+        if args.contains(&"--json") {
+            // A script reading stdout gets JSON (tests/operator.rs).
+            let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+            assert_eq!(v["exit_code"], 3, "{r:#?}");
+        } else {
+            assert!(r.stdout.is_empty(), "{r:#?}");
+        }
     }
     // The socket can come from the environment.
     let r = agentctl(&["status"], &[("GPU_AGENT_SOCKET", missing_s)]).await;

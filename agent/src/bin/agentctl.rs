@@ -7,5 +7,8 @@ use clap::Parser;
 use gpu_agent::cli::{self, Cli};
 
 fn main() -> ExitCode {
-    ExitCode::from(cli::run(Cli::parse()) as u8)
+    match Cli::try_parse() {
+        Ok(c) => ExitCode::from(cli::run(c) as u8),
+        Err(e) => ExitCode::from(cli::usage_error(&e, std::env::args_os()) as u8),
+    }
 }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use gpu_agent::cli::output::stdout;
 use gpu_agent::config;
 
 /// Exit codes of `gpu-agent`.
@@ -36,7 +37,9 @@ enum Command {
         #[arg(short, long, action = clap::ArgAction::Count)]
         verbose: u8,
     },
-    /// Validate the config (main file and drop-ins) without touching Docker.
+    /// Validate the config (main file and drop-ins) without touching Docker;
+    /// also checks that the hub token file exists and that the unit can bind
+    /// the metrics address.
     CheckConfig {
         #[arg(long, short, default_value = config::DEFAULT_PATH, env = "GPU_AGENT_CONFIG")]
         config: PathBuf,
@@ -76,7 +79,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Version => {
-            println!("gpu-agent {}", env!("CARGO_PKG_VERSION"));
+            stdout(&format!(
+                "gpu-agent {} (commit {})",
+                env!("CARGO_PKG_VERSION"),
+                gpu_agent::COMMIT
+            ));
             Exit::Ok
         }
         Command::Man { out } => {
@@ -84,7 +91,7 @@ fn main() -> ExitCode {
             match gpu_agent::cli::docs::write_man_pages(Cli::command(), &out) {
                 Ok(written) => {
                     for p in written {
-                        println!("{}", p.display());
+                        stdout(&p.display().to_string());
                     }
                     Exit::Ok
                 }
@@ -96,15 +103,23 @@ fn main() -> ExitCode {
         }
         Command::CheckConfig { config } => match config::load(&config) {
             Ok(s) => {
-                let files = config::config_files(&config).unwrap_or_default();
-                println!("config ok: {} file(s)", files.len());
-                for f in files {
-                    println!("  {}", f.display());
+                let problems = config::preflight(&s);
+                if !problems.is_empty() {
+                    for e in problems {
+                        eprintln!("gpu-agent: {e}");
+                    }
+                    return ExitCode::from(Exit::Config as u8);
                 }
-                println!(
+                let files = config::config_files(&config).unwrap_or_default();
+                let mut text = format!("config ok: {} file(s)\n", files.len());
+                for f in files {
+                    text.push_str(&format!("  {}\n", f.display()));
+                }
+                text.push_str(&format!(
                     "agent {} follows {} ({}) as worker {:?}",
                     s.agent.id, s.image.name, s.image.policy, s.worker.name
-                );
+                ));
+                stdout(&text);
                 Exit::Ok
             }
             Err(e) => {

@@ -26,7 +26,10 @@ pub struct ManArgs {
 /// Prints the completion script for `args.shell` on stdout.
 pub fn completions(args: &CompletionsArgs) -> Exit {
     let mut cmd = Cli::command();
-    clap_complete::generate(args.shell, &mut cmd, "agentctl", &mut std::io::stdout());
+    // Into a buffer first: clap_complete panics when a write fails (`| head -1`).
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut cmd, "agentctl", &mut script);
+    super::output::write_stdout(&script);
     Exit::Ok
 }
 
@@ -35,7 +38,7 @@ pub fn man(args: &ManArgs) -> Exit {
     match write_man_pages(Cli::command(), &args.out) {
         Ok(written) => {
             for p in written {
-                println!("{}", p.display());
+                super::output::stdout(&p.display().to_string());
             }
             Exit::Ok
         }
@@ -51,8 +54,13 @@ pub fn man(args: &ManArgs) -> Exit {
 
 /// Writes `NAME.1` for `cmd` and `NAME-SUB.1` for each visible subcommand;
 /// returns the files written. Shared with `gpu-agent man`.
+///
+/// A subcommand's page is titled `NAME-SUB` (the file man finds) and its
+/// synopsis reads `NAME SUB ...` (what one types). clap's own `help`
+/// subcommand gets no page, so no page points to one.
 pub fn write_man_pages(cmd: clap::Command, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)?;
+    let cmd = cmd.disable_help_subcommand(true);
     let name = cmd.get_name().to_string();
     let mut written = Vec::new();
     let page = |cmd: clap::Command, file: PathBuf| -> std::io::Result<PathBuf> {
@@ -63,7 +71,10 @@ pub fn write_man_pages(cmd: clap::Command, dir: &Path) -> std::io::Result<Vec<Pa
     };
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
         let sub_name = format!("{name}-{}", sub.get_name());
-        let sub = sub.clone().name(sub_name.clone());
+        let sub = sub
+            .clone()
+            .display_name(sub_name.clone())
+            .bin_name(format!("{name} {}", sub.get_name()));
         written.push(page(sub, dir.join(format!("{sub_name}.1")))?);
     }
     written.insert(0, page(cmd, dir.join(format!("{name}.1")))?);

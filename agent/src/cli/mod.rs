@@ -165,9 +165,32 @@ pub fn run(cli: Cli) -> Exit {
     match rt.block_on(dispatch(cli, out)) {
         Ok(code) => code,
         Err(e) => {
-            out.error(&e.to_string());
+            out.failure(&e.to_string(), e.exit());
             e.exit()
         }
+    }
+}
+
+/// Prints clap's error (or its `--help`/`--version` text) and gives the exit
+/// code: 0 for help and version, else 2. With `--json` among `args`, a usage
+/// error is also printed as JSON on stdout (see [`output::error_json`]).
+pub fn usage_error(e: &clap::Error, args: impl IntoIterator<Item = std::ffi::OsString>) -> Exit {
+    let code = e.exit_code();
+    let json = args.into_iter().skip(1).any(|a| a == "--json");
+    if json && code != 0 {
+        let text = e.render().to_string();
+        let first = text.lines().next().unwrap_or_default();
+        output::stdout(&output::error_json(
+            first.trim_start_matches("error: "),
+            Exit::Usage,
+        ));
+    }
+    // clap's own print: a closed stdout is not an error there.
+    let _ = e.print();
+    if code == 0 {
+        Exit::Ok
+    } else {
+        Exit::Usage
     }
 }
 

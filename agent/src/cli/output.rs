@@ -48,13 +48,43 @@ impl Output {
     pub fn error(self, message: &str) {
         eprintln!("agentctl: {}", message.trim_end());
     }
+
+    /// A command that did not get done: the error on stderr and, with
+    /// `--json`, also as JSON on stdout (`{"error": ..., "exit_code": N}`),
+    /// so that a script reading stdout always gets JSON.
+    pub fn failure(self, message: &str, exit: super::Exit) {
+        if self.json {
+            stdout(&error_json(message, exit));
+        }
+        self.error(message);
+    }
 }
 
-/// Writes `text` and a final newline to stdout; a closed pipe (`| head`) is not an error.
-fn stdout(text: &str) {
+/// The JSON a command prints on stdout with `--json` when it fails before
+/// the agent answers (unreachable, usage error).
+pub fn error_json(message: &str, exit: super::Exit) -> String {
+    serde_json::to_string_pretty(&serde_json::json!({
+        "error": message.trim_end(),
+        "exit_code": exit as u8,
+    }))
+    .unwrap_or_default()
+}
+
+/// Writes `text` and a final newline to stdout. A closed pipe (`| head -1`,
+/// `| true`) is not an error: the rest is dropped quietly and the command
+/// keeps its exit status. Every line the binaries print on stdout goes
+/// through here or [`write_stdout`] (`println!` would panic, exit 101).
+pub fn stdout(text: &str) {
+    let mut line = String::with_capacity(text.len() + 1);
+    line.push_str(text.trim_end_matches('\n'));
+    line.push('\n');
+    write_stdout(line.as_bytes());
+}
+
+/// Writes `bytes` to stdout as they are; see [`stdout`].
+pub fn write_stdout(bytes: &[u8]) {
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{}", text.trim_end_matches('\n'));
-    let _ = out.flush();
+    let _ = out.write_all(bytes).and_then(|()| out.flush());
 }
 
 /// Re-indents JSON text (two spaces, as `serde_json`'s pretty printer) without

@@ -19,6 +19,8 @@ pub struct Fragment {
     pub worker: Option<WorkerFragment>,
     pub gpu: Option<GpuFragment>,
     pub hub: Option<HubFragment>,
+    /// `[[notify]]` webhooks (config/notify.rs).
+    pub notify: Option<Vec<NotifyFragment>>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -111,4 +113,13 @@ pub struct HubFragment {
     pub desired_from_hub: Option<bool>,
     pub verify_registration: Option<bool>,
     pub registration_timeout: Option<DurationStr>,
+}
+
+/// One `[[notify]]` webhook (config/notify.rs).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyFragment {
+    pub url: Option<String>,
+    pub format: Option<String>,
+    pub events: Option<Vec<String>>,
 }

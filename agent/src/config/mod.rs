@@ -7,6 +7,8 @@
 //! the file; validation errors name the key and the file that set it.
 
 mod fragments;
+mod notify;
+mod preflight;
 mod settings;
 mod units;
 
@@ -14,6 +16,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub use fragments::Fragment;
+pub use notify::{NotifyFormat, NotifySettings};
+pub use preflight::preflight;
 pub use settings::*;
 pub use units::{parse_duration, parse_size};
 
@@ -37,6 +41,9 @@ pub enum ConfigError {
         origin: String,
         message: String,
     },
+    /// Found by [`preflight`]: the config reads well but does not fit this host.
+    #[error("config key `{key}`: {message}")]
+    Host { key: String, message: String },
     #[error("config: `{key}` is required (add it to {main})")]
     Missing { key: String, main: PathBuf },
 }

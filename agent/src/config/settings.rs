@@ -19,6 +19,8 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub gpu: GpuSettings,
     pub hub: Option<HubSettings>,
+    /// `[[notify]]` webhooks, in config order.
+    pub notify: Vec<super::NotifySettings>,
 }
 
 #[derive(Debug, Clone)]
@@ -436,6 +438,7 @@ pub(super) fn validate(f: Fragment, o: &Origin) -> Result<Settings, ConfigError>
         worker,
         gpu,
         hub,
+        notify: super::notify::validate(f.notify, o)?,
     })
 }
 

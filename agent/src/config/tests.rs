@@ -337,7 +337,8 @@ fn packaged_keys() -> Vec<(String, String, String)> {
     for line in PACKAGED_EXAMPLE.lines() {
         let line = line.trim_start_matches('#').trim();
         if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            section = name.to_string();
+            // `[[notify]]`, an array of tables, is section `notify`.
+            section = name.trim_matches(['[', ']']).to_string();
         } else if let Some((key, value)) = line.split_once(" = ") {
             if !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
                 keys.push((section.clone(), key.to_string(), value.to_string()));
@@ -389,6 +390,10 @@ fn packaged_example_values_are_valid_one_by_one() {
             ("hub", k) if k != "url" => text.push_str(&format!(
                 "[hub]\nurl = \"https://hub.example.com\"\n{key} = {value}\n"
             )),
+            ("notify", "url") => text.push_str(&format!("[[notify]]\nurl = {value}\n")),
+            ("notify", _) => text.push_str(&format!(
+                "[[notify]]\nurl = \"https://hooks.example.com/x\"\n{key} = {value}\n"
+            )),
             _ => text.push_str(&format!("[{section}]\n{key} = {value}\n")),
         }
         if let Err(e) = load(&[("/etc/gpu-agent/agent.toml", &text)]) {
@@ -410,13 +415,14 @@ fn packaged_example_shows_every_key() {
         ("DrainFragment", "worker.drain"),
         ("GpuFragment", "gpu"),
         ("HubFragment", "hub"),
+        ("NotifyFragment", "notify"),
     ];
     let shown = packaged_keys();
     let headers: Vec<String> = PACKAGED_EXAMPLE
         .lines()
         .map(|l| l.trim_start_matches('#').trim())
         .filter_map(|l| l.strip_prefix('[').and_then(|l| l.strip_suffix(']')))
-        .map(str::to_string)
+        .map(|l| l.trim_matches(['[', ']']).to_string())
         .collect();
     let mut table = None;
     let mut checked = 0;
@@ -440,6 +446,7 @@ fn packaged_example_shows_every_key() {
             continue;
         };
         let ty = ty.trim_end_matches(">,");
+        let ty = ty.strip_prefix("Vec<").unwrap_or(ty).trim_end_matches('>');
         let nested = tables.iter().any(|(t, _)| *t == ty);
         let dotted = if section.is_empty() {
             key.to_string()

@@ -90,9 +90,19 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
     }
     // The update publishes what happened; the metrics and the hub's
     // reporter subscribe.
-    updater.subscribe(crate::metrics::subscriber());
+    updater.subscribe(crate::metrics::subscriber(settings.worker.name.clone()));
     if let Some(h) = &hub {
         updater.subscribe(h.subscriber());
+    }
+    let notifier = Arc::new(std::sync::Mutex::new(Some(crate::notify::Notifier::spawn(
+        &settings,
+    ))));
+    updater.subscribe(notify_subscriber(notifier.clone()));
+    let metrics = crate::metrics::global();
+    metrics.set_hub_configured(hub.is_some());
+    match updater.journal().history() {
+        Ok(h) => metrics.seed_history(h.iter()),
+        Err(e) => warn!(error = %e, "could not read the history for the metrics"),
     }
     updater.set_hub(hub.clone().map(|h| h as Arc<dyn crate::update::ports::Hub>));
 
@@ -186,6 +196,7 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
                 if let Some(new) = reload(&config, &settings) {
                     match registry_client(&new) {
                         Ok(registry) => {
+                            renew_notifier(&notifier, &settings, &new);
                             updater.reload(new.clone(), Arc::new(registry));
                             settings_tx.send_replace(new.clone());
                             settings = new;
@@ -248,6 +259,11 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
         }
     }
     systemd::stopping();
+    // Webhooks get what is queued (bounded).
+    let last = notifier.lock().ok().and_then(|mut n| n.take());
+    if let Some(n) = last {
+        n.shutdown(Duration::from_secs(5)).await;
+    }
     // The hub hears the last events (bounded by hub::REPORT_FLUSH).
     reports_done.cancel();
     if let Some(r) = reporter {
@@ -266,6 +282,41 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
     }
     info!("gpu-agent stopping; the worker keeps running");
     Ok(())
+}
+
+/// The webhooks (`[[notify]]`) as a subscriber of the update's events: each
+/// history entry is queued for them (never waiting).
+fn notify_subscriber(
+    notifier: Arc<std::sync::Mutex<Option<crate::notify::Notifier>>>,
+) -> crate::update::Subscriber {
+    Box::new(move |e| {
+        if let crate::update::Event::History { entry, .. } = e {
+            if let Some(n) = notifier.lock().ok().as_ref().and_then(|n| n.as_ref()) {
+                n.send(entry);
+            }
+        }
+    })
+}
+
+/// A reload that changes the webhooks (or what their messages name) starts
+/// new ones; the old ones send what they have queued (within 30 s).
+fn renew_notifier(
+    notifier: &std::sync::Mutex<Option<crate::notify::Notifier>>,
+    old: &Settings,
+    new: &Settings,
+) {
+    let same = old.notify == new.notify
+        && old.agent.id == new.agent.id
+        && old.worker.name == new.worker.name
+        && old.image.name == new.image.name;
+    if same {
+        return;
+    }
+    let fresh = crate::notify::Notifier::spawn(new);
+    if let Some(previous) = notifier.lock().ok().and_then(|mut n| n.replace(fresh)) {
+        tokio::spawn(previous.shutdown(Duration::from_secs(30)));
+    }
+    info!(webhooks = new.notify.len(), "notifications reloaded");
 }
 
 /// What the daemon loop reacts to.
@@ -469,6 +520,15 @@ fn reload(path: &Path, running: &Settings) -> Option<Arc<Settings>> {
     if let Some((key, _)) = fixed.iter().find(|(_, changed)| *changed) {
         error!(key, "config reload refused: this key changes only with a restart; keeping the running config");
         return None;
+    }
+    // Applied with the rest, but these listeners are bound once, at start.
+    if new.agent.control_socket != running.agent.control_socket {
+        warn!(key = "agent.control_socket", running = %running.agent.control_socket.display(),
+              "changes only with a restart: the control socket stays where it is until then");
+    }
+    if new.agent.metrics_listen != running.agent.metrics_listen {
+        warn!(key = "agent.metrics_listen", running = ?running.agent.metrics_listen,
+              "changes only with a restart: the metrics endpoint stays where it is until then");
     }
     info!(image = %new.image.name, policy = %new.image.policy,
           "config reloaded; worker settings apply to the next container created");

@@ -31,6 +31,11 @@ impl ImageName {
         if s.is_empty() {
             return Err(invalid("it is empty"));
         }
+        if let Some((scheme, rest)) = s.split_once("://") {
+            return Err(invalid(&format!(
+                "a repository is a name, not a URL: drop the `{scheme}://` and write {rest:?}"
+            )));
+        }
         if s.contains('@') {
             return Err(invalid(
                 "it holds a digest: give the repository alone and the tag or version in their own keys",
@@ -228,6 +233,19 @@ mod tests {
         let digest = format!("x@sha256:{}", "a".repeat(64));
         let e = ImageName::parse(&digest).unwrap_err().to_string();
         assert!(e.contains("holds a digest"), "{e}");
+    }
+
+    #[test]
+    fn a_url_is_refused_with_the_name_to_write() {
+        for (s, name) in [
+            ("https://ghcr.io/acme/worker", "\"ghcr.io/acme/worker\""),
+            ("http://127.0.0.1:5000/w", "\"127.0.0.1:5000/w\""),
+        ] {
+            let e = ImageName::parse(s).unwrap_err().to_string();
+            assert!(e.contains("not a URL"), "{s}: {e}");
+            assert!(e.contains(name), "{s}: {e}");
+            assert!(!e.contains("port"), "{s}: {e}");
+        }
     }
 
     #[test]

@@ -22,6 +22,11 @@ pub enum Event<'a> {
     },
     /// The phase changed.
     Phase(Phase),
+    /// A check asked the registry (or the hub) which digest to run: `ok`
+    /// when it answered.
+    Checked { ok: bool, at: OffsetDateTime },
+    /// The worker was verified (`true`), or failed its verification.
+    WorkerHealth(bool),
     /// The GPUs were read and judged (the pre-flight).
     GpusRead {
         snapshot: &'a Snapshot,

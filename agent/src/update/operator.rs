@@ -226,6 +226,7 @@ impl<E: Engine> Updater<E> {
                 }
             }
         };
+        self.emit(super::Event::WorkerHealth(verified.is_ok()));
         match verified {
             Ok(()) => {
                 self.hub_drain(false, "undrained").await;

@@ -4,6 +4,7 @@
 use tokio::time::Instant;
 use tracing::{error, warn};
 
+use super::events::Event;
 use super::failpoint;
 use super::journal::{Outcome, Pending};
 use super::machine::Machine;
@@ -64,6 +65,7 @@ impl<E: Engine> Updater<E> {
             }
             back => back,
         };
+        self.emit(Event::WorkerHealth(back.is_ok()));
         self.state.current_digest = Some(from.clone());
         self.state.pending = None;
         self.save_going_on();

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use super::events::Event;
 use super::failpoint;
 use super::journal::{Kind, Outcome, Pending, Retry, Trigger};
 use super::machine::Machine;
@@ -337,6 +338,9 @@ impl<E: Engine> Updater<E> {
                 Err(Failure::from_error(&e))
             }
         };
+        if !matches!(&outcome, Err(f) if f.blame == Blame::Stopped) {
+            self.emit(Event::WorkerHealth(outcome.is_ok()));
+        }
         match outcome {
             Ok(healthy_at) => {
                 let downtime = healthy_at.saturating_duration_since(t0).as_millis() as u64;

@@ -4,6 +4,7 @@
 
 use tracing::{debug, info, warn};
 
+use super::events::Event;
 use super::journal::Trigger;
 use super::machine::{held, Machine};
 use super::outcome::{CheckOutcome, UpdateError};
@@ -48,7 +49,7 @@ impl<E: Engine> Updater<E> {
         let from_hub = match self.hub_desired().await {
             Ok(d) => d,
             Err(msg) => {
-                self.last_check = Some(self.now());
+                self.checked(true);
                 warn!(error = %msg, "the hub's desired digest is refused; the worker is left as it is");
                 self.last_error = Some(msg.clone());
                 self.settle()?;
@@ -56,7 +57,7 @@ impl<E: Engine> Updater<E> {
             }
         };
         if let Some(target) = from_hub {
-            self.last_check = Some(self.now());
+            self.checked(true);
             // The hub decided it (an operator's check stays `cli`).
             let trigger = match trigger {
                 Trigger::Poll | Trigger::Startup => Trigger::Hub,
@@ -71,7 +72,7 @@ impl<E: Engine> Updater<E> {
                 return Ok(CheckOutcome::Aborted("the agent is shutting down".into()));
             }
         };
-        self.last_check = Some(self.now());
+        self.checked(resolved.is_ok());
         let resolved = match resolved {
             Ok(r) => r,
             Err(e) => {
@@ -82,6 +83,13 @@ impl<E: Engine> Updater<E> {
         };
         self.go_to(resolved.digest, &format!("tag {}", resolved.tag), trigger)
             .await
+    }
+
+    /// A check asked which digest to run now: `ok` when it was answered.
+    fn checked(&mut self, ok: bool) {
+        let at = self.now();
+        self.last_check = Some(at);
+        self.emit(Event::Checked { ok, at });
     }
 
     /// A check found `target` (named by `source`: a tag, the hub, a nudge):
