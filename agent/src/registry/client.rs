@@ -10,17 +10,14 @@ use reqwest::{Method, Response};
 use tracing::debug;
 use url::Url;
 
-use super::auth::{self, Challenge, TokenCache};
+use super::auth::{self, Challenge, TokenCache, TokenClient};
 use super::credentials::{self, Credentials};
+use super::http::{self, status_error};
 use super::retry::RetryPolicy;
-use super::tags::select_version;
 use super::{
     is_sha256_digest, ClientOptions, EngineCredentials, ImageName, Policy, RegistryError, Resolved,
     MANIFEST_MEDIA_TYPES,
 };
-
-/// Error bodies are quoted in errors, shortened to this.
-const MAX_DETAIL: usize = 300;
 
 /// Asks registries for digests. Cheap to clone; clones share the token cache.
 #[derive(Clone)]
@@ -28,10 +25,10 @@ pub struct RegistryClient {
     inner: Arc<Inner>,
 }
 
-pub(super) struct Inner {
-    pub(super) http: reqwest::Client,
-    pub(super) opts: ClientOptions,
-    pub(super) retry: RetryPolicy,
+struct Inner {
+    http: reqwest::Client,
+    opts: ClientOptions,
+    retry: RetryPolicy,
     tokens: Mutex<TokenCache>,
     /// The last challenge of each registry: later requests answer it up front.
     challenges: Mutex<HashMap<String, Challenge>>,
@@ -80,17 +77,7 @@ impl RegistryClient {
         let mut session = Session::new(&self.inner, image);
         let tag = match policy {
             Policy::Tag(tag) => tag.clone(),
-            Policy::Version(req) => {
-                let tags = session.list_tags().await?;
-                let (tag, version) =
-                    select_version(&tags, req).ok_or_else(|| RegistryError::NoMatchingVersion {
-                        repository: image.to_string(),
-                        range: req.to_string(),
-                        tags_seen: tags.len(),
-                    })?;
-                debug!(image = %image, range = %req, tag, version = %version, "picked version");
-                tag
-            }
+            Policy::Version(req) => session.pick_version(req).await?,
         };
         let digest = session.head_digest(&tag).await?;
         debug!(image = %image, tag, digest, "resolved");
@@ -129,13 +116,8 @@ impl Inner {
     }
 
     /// Refuses plain http unless `insecure` (reqwest would too, less clearly).
-    pub(super) fn check_scheme(&self, url: &Url) -> Result<(), RegistryError> {
-        if url.scheme() != "https" && !self.opts.insecure {
-            return Err(RegistryError::InsecureUrl {
-                url: url.to_string(),
-            });
-        }
-        Ok(())
+    fn check_scheme(&self, url: &Url) -> Result<(), RegistryError> {
+        http::check_scheme(url, self.opts.insecure)
     }
 }
 
@@ -296,8 +278,13 @@ impl<'a> Session<'a> {
     ) -> Result<String, RegistryError> {
         let creds = self.credentials().await?;
         let registry = &self.image.registry;
+        let client = TokenClient {
+            http: &self.inner.http,
+            retry: &self.inner.retry,
+            insecure: self.inner.opts.insecure,
+        };
         let token = auth::fetch_token(
-            self.inner,
+            &client,
             registry,
             url,
             realm,
@@ -424,70 +411,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Reads a body of at most `limit` bytes.
-pub(super) async fn read_body(
-    mut resp: Response,
-    url: &str,
-    limit: usize,
-) -> Result<Vec<u8>, RegistryError> {
-    let mut body = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|source| RegistryError::Network {
-            url: url.to_string(),
-            source,
-        })?
-    {
-        if body.len() + chunk.len() > limit {
-            return Err(RegistryError::Garbage {
-                url: url.to_string(),
-                reason: format!("answer larger than {limit} bytes"),
-            });
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
-/// A [`RegistryError::Status`] with the registry's own message when it gave one.
-pub(super) async fn status_error(url: &str, resp: Response) -> RegistryError {
-    let status = resp.status().as_u16();
-    let body = read_body(resp, url, 64 * 1024).await.unwrap_or_default();
-    RegistryError::Status {
-        url: url.to_string(),
-        status,
-        detail: error_detail(&body),
-    }
-}
-
-/// `CODE: message` of the first entry of a distribution error body, else the text.
-pub(super) fn error_detail(body: &[u8]) -> String {
-    #[derive(serde::Deserialize)]
-    struct Errors {
-        errors: Vec<Entry>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Entry {
-        #[serde(default)]
-        code: String,
-        #[serde(default)]
-        message: String,
-    }
-    let text = match serde_json::from_slice::<Errors>(body) {
-        Ok(Errors { errors }) if !errors.is_empty() => {
-            format!("{}: {}", errors[0].code, errors[0].message)
-        }
-        _ => String::from_utf8_lossy(body).trim().to_string(),
-    };
-    let text: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if text.chars().count() > MAX_DETAIL {
-        format!("{}…", text.chars().take(MAX_DETAIL).collect::<String>())
-    } else {
-        text
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -541,19 +464,5 @@ mod tests {
         assert!(none.contains("without a Docker-Content-Digest"), "{none}");
         let sha512 = digest_from_head(None, Some(&h("sha512:00"))).unwrap_err();
         assert!(sha512.contains("not sha256"), "{sha512}");
-    }
-
-    #[test]
-    fn error_details() {
-        assert_eq!(
-            error_detail(br#"{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}"#),
-            "DENIED: requested access to the resource is denied"
-        );
-        assert_eq!(
-            error_detail(b"  upstream\n  timed out "),
-            "upstream timed out"
-        );
-        assert_eq!(error_detail(b""), "");
-        assert_eq!(error_detail(&[b'x'; 1000]).chars().count(), MAX_DETAIL + 1);
     }
 }

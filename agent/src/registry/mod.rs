@@ -14,7 +14,8 @@
 //!   exponential backoff and jitter, honouring `Retry-After`.
 //!
 //! Files: `name.rs` (image names), `client.rs` (the client, requests, the auth
-//! dance), `auth.rs` (challenges, tokens, token cache), `credentials.rs`
+//! dance), `http.rs` (bounded body reads, status errors, the scheme check:
+//! shared by the others, importing none of them), `auth.rs` (challenges, tokens, token cache), `credentials.rs`
 //! (config.json and credential helpers), `tags.rs` (tag pagination, semver
 //! selection), `retry.rs` (backoff, `Retry-After`), `error.rs` (errors).
 
@@ -24,6 +25,7 @@ mod credentials;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+mod http;
 mod name;
 mod retry;
 mod tags;

@@ -11,7 +11,10 @@ use reqwest::header::LINK;
 use reqwest::Method;
 use semver::{Version, VersionReq};
 
-use super::client::{read_body, Session};
+use tracing::debug;
+
+use super::client::Session;
+use super::http::read_body;
 use super::RegistryError;
 
 /// Bound on the pages of one tag list.
@@ -20,6 +23,19 @@ const MAX_TAG_PAGES: usize = 1000;
 const MAX_TAG_PAGE_BYTES: usize = 16 << 20;
 
 impl Session<'_> {
+    /// The highest tag of the repository in `req`.
+    pub(super) async fn pick_version(&mut self, req: &VersionReq) -> Result<String, RegistryError> {
+        let tags = self.list_tags().await?;
+        let (tag, version) =
+            select_version(&tags, req).ok_or_else(|| RegistryError::NoMatchingVersion {
+                repository: self.image.to_string(),
+                range: req.to_string(),
+                tags_seen: tags.len(),
+            })?;
+        debug!(image = %self.image, range = %req, tag, version = %version, "picked version");
+        Ok(tag)
+    }
+
     /// Every tag of the repository, following `Link: <..>; rel="next"`; sorted, without duplicates.
     pub(super) async fn list_tags(&mut self) -> Result<Vec<String>, RegistryError> {
         let first = self.url("tags/list")?;
