@@ -249,10 +249,13 @@ if out="$(in_ct dpkg -i "/debs/$DEB1" 2>&1)"; then
     enabled="$(in_ct systemctl is-enabled gpu-agent.service 2>&1 || true)"
     active="$(in_ct systemctl is-active gpu-agent.service 2>&1 || true)"
     group="$(in_ct getent group gpu-agent || true)"
-    if [ "$enabled" = enabled ] && [ "$active" = inactive ] && [ -n "$group" ]; then
-        pass "dpkg -i $DEB1: unit enabled, not started; group gpu-agent exists"
+    # The config may hold secrets: root's alone to read and write, group read.
+    conf="$(in_ct stat -c '%a %U:%G' /etc/gpu-agent/agent.toml 2>&1 || true)"
+    if [ "$enabled" = enabled ] && [ "$active" = inactive ] && [ -n "$group" ] &&
+        [ "$conf" = "640 root:root" ]; then
+        pass "dpkg -i $DEB1: unit enabled, not started; group gpu-agent exists; agent.toml $conf"
     else
-        fail "dpkg -i $DEB1: is-enabled=$enabled is-active=$active group='$group'"
+        fail "dpkg -i $DEB1: is-enabled=$enabled is-active=$active group='$group' agent.toml='$conf'"
     fi
 else
     fail "dpkg -i $DEB1"

@@ -105,6 +105,9 @@ fn main() -> ExitCode {
                     "agent {} follows {} ({}) as worker {:?}",
                     s.agent.id, s.image.name, s.image.policy, s.worker.name
                 );
+                for note in s.security_notes() {
+                    println!("note: {note}");
+                }
                 Exit::Ok
             }
             Err(e) => {

@@ -48,6 +48,15 @@ pub struct ImageFragment {
     pub poll_jitter: Option<DurationStr>,
     pub auth_file: Option<String>,
     pub insecure: Option<bool>,
+    pub verify: Option<VerifyFragment>,
+}
+
+/// `[image.verify]`: which digests may be deployed at all.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyFragment {
+    pub cosign_public_keys: Option<Vec<String>>,
+    pub min_age: Option<DurationStr>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -110,4 +119,5 @@ pub struct HubFragment {
     pub desired_from_hub: Option<bool>,
     pub verify_registration: Option<bool>,
     pub registration_timeout: Option<DurationStr>,
+    pub insecure: Option<bool>,
 }

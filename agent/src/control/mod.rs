@@ -7,6 +7,8 @@
 //! refused (409) with the reason.
 
 pub mod api;
+pub mod peer;
 pub(crate) mod server;
 
+pub use peer::Peer;
 pub use server::{bind, serve, status_of, Action, ControlError, ControlState, HealthSource, Job};

@@ -12,7 +12,7 @@ use url::Url;
 
 use super::auth::{self, Challenge, TokenCache, TokenClient};
 use super::credentials::{self, Credentials};
-use super::http::{self, status_error};
+use super::http::{self, read_body, status_error};
 use super::retry::RetryPolicy;
 use super::{
     is_sha256_digest, ClientOptions, EngineCredentials, ImageName, Policy, RegistryError, Resolved,
@@ -92,6 +92,31 @@ impl RegistryClient {
     /// Every tag of the repository, following pagination; sorted, without duplicates.
     pub async fn list_tags(&self, image: &ImageName) -> Result<Vec<String>, RegistryError> {
         Session::new(&self.inner, image).list_tags().await
+    }
+
+    /// The manifest `reference` (a tag or a digest) names, as sent: `GET` with
+    /// `accept` as the media types, at most `limit` bytes; when `reference` is a
+    /// digest, the body is checked against it.
+    pub async fn manifest(
+        &self,
+        image: &ImageName,
+        reference: &str,
+        accept: &[&str],
+        limit: usize,
+    ) -> Result<Manifest, RegistryError> {
+        Session::new(&self.inner, image)
+            .manifest(reference, accept, limit)
+            .await
+    }
+
+    /// The blob `digest` of the repository, at most `limit` bytes, checked against its digest.
+    pub async fn blob(
+        &self,
+        image: &ImageName,
+        digest: &str,
+        limit: usize,
+    ) -> Result<Vec<u8>, RegistryError> {
+        Session::new(&self.inner, image).blob(digest, limit).await
     }
 
     /// The credentials the engine needs in `X-Registry-Auth` to pull `image`; `None`: anonymous.
@@ -356,6 +381,77 @@ impl<'a> Session<'a> {
         .map_err(|reason| RegistryError::Garbage {
             url: url.to_string(),
             reason,
+        })
+    }
+}
+
+/// A manifest as the registry sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// The `Content-Type` of the answer, without parameters.
+    pub media_type: String,
+    pub body: Vec<u8>,
+}
+
+impl Session<'_> {
+    async fn manifest(
+        &mut self,
+        reference: &str,
+        accept: &[&str],
+        limit: usize,
+    ) -> Result<Manifest, RegistryError> {
+        if !is_sha256_digest(reference) {
+            check_tag(reference)?;
+        }
+        let url = self.url(&format!("manifests/{reference}"))?;
+        let resp = self.send(Method::GET, &url, &accept.join(", ")).await?;
+        if resp.status().as_u16() != 200 {
+            let what = format!("manifest {reference} of {}", self.image);
+            return Err(self.unexpected(&what, &url, resp).await);
+        }
+        let media_type = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        let body = read_body(resp, url.as_str(), limit).await?;
+        if is_sha256_digest(reference) {
+            check_digest(&body, reference, &url)?;
+        }
+        Ok(Manifest { media_type, body })
+    }
+
+    async fn blob(&mut self, digest: &str, limit: usize) -> Result<Vec<u8>, RegistryError> {
+        if !is_sha256_digest(digest) {
+            return Err(RegistryError::InvalidTag {
+                tag: digest.to_string(),
+            });
+        }
+        let url = self.url(&format!("blobs/{digest}"))?;
+        let resp = self.send(Method::GET, &url, "*/*").await?;
+        if resp.status().as_u16() != 200 {
+            let what = format!("blob {digest} of {}", self.image);
+            return Err(self.unexpected(&what, &url, resp).await);
+        }
+        let body = read_body(resp, url.as_str(), limit).await?;
+        check_digest(&body, digest, &url)?;
+        Ok(body)
+    }
+}
+
+/// Refuses a body whose sha256 is not `digest`.
+fn check_digest(body: &[u8], digest: &str, url: &Url) -> Result<(), RegistryError> {
+    use sha2::Digest as _;
+    let got = format!("sha256:{:x}", sha2::Sha256::digest(body));
+    if got == digest {
+        Ok(())
+    } else {
+        Err(RegistryError::Garbage {
+            url: url.to_string(),
+            reason: format!("the content's digest is {got}, not the {digest} asked for"),
         })
     }
 }

@@ -77,11 +77,7 @@ pub(super) fn error_detail(body: &[u8]) -> String {
         _ => String::from_utf8_lossy(body).trim().to_string(),
     };
     let text: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if text.chars().count() > MAX_DETAIL {
-        format!("{}…", text.chars().take(MAX_DETAIL).collect::<String>())
-    } else {
-        text
-    }
+    crate::text::sanitize(&text, MAX_DETAIL)
 }
 
 #[cfg(test)]
@@ -99,6 +95,20 @@ mod tests {
             "upstream timed out"
         );
         assert_eq!(error_detail(b""), "");
-        assert_eq!(error_detail(&[b'x'; 1000]).chars().count(), MAX_DETAIL + 1);
+        assert_eq!(
+            error_detail(&[b'x'; 1000]),
+            format!("{}… (700 more characters)", "x".repeat(MAX_DETAIL))
+        );
+        // Escape sequences in the registry's message arrive escaped.
+        assert_eq!(
+            error_detail(
+                br#"{"errors":[{"code":"DENIED","message":"\u001b[2J\u001b]0;owned\u0007 no"}]}"#
+            ),
+            "DENIED: \\u{1b}[2J\\u{1b}]0;owned\\u{7} no"
+        );
+        assert_eq!(
+            error_detail(b"a\x1b[31mb\x9bc\x7f"),
+            "a\\u{1b}[31mb\u{fffd}c\\u{7f}"
+        );
     }
 }

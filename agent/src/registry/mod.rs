@@ -34,10 +34,10 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use client::RegistryClient;
+pub use client::{Manifest, RegistryClient};
 pub use error::RegistryError;
 pub use name::ImageName;
-pub use tags::select_version;
+pub use tags::{select_version, MAX_TAG_LIST_BYTES};
 
 /// The manifest media types the agent accepts, in the order sent in `Accept`.
 ///

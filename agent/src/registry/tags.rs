@@ -21,6 +21,9 @@ use super::RegistryError;
 const MAX_TAG_PAGES: usize = 1000;
 /// Bound on one page of a tag list.
 const MAX_TAG_PAGE_BYTES: usize = 16 << 20;
+/// Bound on all the pages of one tag list together (about a million tags):
+/// a registry that pages without end must not fill the agent's memory.
+pub const MAX_TAG_LIST_BYTES: usize = 32 << 20;
 
 impl Session<'_> {
     /// The highest tag of the repository in `req`.
@@ -42,6 +45,7 @@ impl Session<'_> {
         let mut url = first.clone();
         let mut visited = HashSet::new();
         let mut tags = Vec::new();
+        let mut total = 0;
         for _ in 0..MAX_TAG_PAGES {
             let garbage = |reason: String| RegistryError::Garbage {
                 url: url.to_string(),
@@ -65,7 +69,17 @@ impl Session<'_> {
                     break;
                 }
             }
-            let body = read_body(resp, url.as_str(), MAX_TAG_PAGE_BYTES).await?;
+            let left = MAX_TAG_LIST_BYTES - total;
+            let body = read_body(resp, url.as_str(), MAX_TAG_PAGE_BYTES.min(left))
+                .await
+                .map_err(|e| match e {
+                    RegistryError::Garbage { .. } if left < MAX_TAG_PAGE_BYTES => garbage(format!(
+                        "the tag list is larger than {} MiB in all",
+                        MAX_TAG_LIST_BYTES >> 20
+                    )),
+                    e => e,
+                })?;
+            total += body.len();
             tags.extend(parse_tag_list(&body).map_err(garbage)?);
             let Some(next) = next else {
                 tags.sort();
