@@ -108,6 +108,35 @@ mod tests {
         );
     }
 
+    /// The hook in `serve`: a handler behind `into_make_service_with_connect_info`
+    /// on a real Unix socket reads the caller's credentials.
+    #[tokio::test]
+    async fn a_handler_sees_the_callers_credentials() {
+        use axum::extract::ConnectInfo;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let app = axum::Router::new().route(
+            "/who",
+            axum::routing::get(|ConnectInfo(p): ConnectInfo<Peer>| async move {
+                format!("uid={:?} pid={:?}", p.uid, p.pid)
+            }),
+        );
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app.into_make_service_with_connect_info::<Peer>()).await
+        });
+        let mut conn = UnixStream::connect(&path).await.unwrap();
+        conn.write_all(b"GET /who HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).await.unwrap();
+        server.abort();
+        let want = format!("uid=Some({}) pid=Some({})", my_uid(), std::process::id());
+        assert!(answer.ends_with(&want), "{answer}");
+    }
+
     #[test]
     fn names_come_from_the_password_database() {
         let passwd = "root:x:0:0:root:/root:/bin/bash\n\

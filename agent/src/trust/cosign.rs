@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Deserialize;
-use sigstore::cosign::payload::simple_signing::{SimpleSigning, CRITICAL_TYPE_NAME};
 use sigstore::crypto::{CosignVerificationKey, Signature};
 use tracing::debug;
 
@@ -188,6 +187,30 @@ struct Layer {
     digest: String,
     #[serde(default)]
     annotations: std::collections::BTreeMap<String, String>,
+}
+
+/// The `type` of a cosign image signature payload.
+const CRITICAL_TYPE_NAME: &str = "cosign container image signature";
+
+/// The parts of cosign's simple-signing payload that are checked (the
+/// signature covers the payload's bytes, so nothing here needs to be
+/// canonical): `{"critical": {"image": {"docker-manifest-digest": D}, "type": T, ..}, ..}`.
+#[derive(Deserialize)]
+struct SimpleSigning {
+    critical: Critical,
+}
+
+#[derive(Deserialize)]
+struct Critical {
+    image: SignedImage,
+    #[serde(rename = "type")]
+    type_name: String,
+}
+
+#[derive(Deserialize)]
+struct SignedImage {
+    #[serde(rename = "docker-manifest-digest")]
+    docker_manifest_digest: String,
 }
 
 /// What one signature layer says, once fetched and checked.

@@ -4,9 +4,9 @@
 //!   the configured public keys (cosign's "simple signing" format: an OCI
 //!   manifest under the tag `sha256-<hex>.sig` of the same repository, one layer
 //!   per signature). The signature manifest and payloads are fetched through the
-//!   agent's own [`RegistryClient`] (its credentials, CA file, timeouts, retries
-//!   and size caps); the keys and the ECDSA/RSA/Ed25519 check are the `sigstore`
-//!   crate's.
+//!   agent's own [`RegistryClient`](crate::registry::RegistryClient) (its
+//!   credentials, CA file, timeouts, retries and size caps); the keys and the
+//!   ECDSA/RSA/Ed25519 check are the `sigstore` crate's (its crypto module only).
 //! - [`deployable_at`] / [`Verifier::deployable_at`]: `min_age`, from the image's
 //!   `created` time or the time the agent first saw the digest, whichever is later.
 //! - [`CosignKeys::load`]: the public keys, read and checked when the config loads.
