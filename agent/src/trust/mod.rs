@@ -10,13 +10,17 @@
 //! - [`deployable_at`] / [`Verifier::deployable_at`]: `min_age`, from the image's
 //!   `created` time or the time the agent first saw the digest, whichever is later.
 //! - [`CosignKeys::load`]: the public keys, read and checked when the config loads.
+//! - [`SwapLimiter`]: at most a few hub-triggered swaps per hour.
 //!
-//! Files: `cosign.rs` (keys, signature manifests, verification), `age.rs` (min_age).
+//! Files: `cosign.rs` (keys, signature manifests, verification), `age.rs`
+//! (min_age), `limit.rs` (the hub's swap budget).
 
 mod age;
 mod cosign;
+mod limit;
 
 pub use age::{deployable_at, image_created};
 pub use cosign::{
     CosignKeys, KeyError, TrustError, Verified, Verifier, MAX_SIGNATURES, SIGNATURE_MEDIA_TYPE,
 };
+pub use limit::{SwapLimiter, DEFAULT_BURST, DEFAULT_WINDOW};
