@@ -465,3 +465,60 @@ async fn agentctl_shows_escape_sequences_escaped() {
         assert!(stdout.contains(shown), "{args:?}: {stdout}");
     }
 }
+
+/// `gpu-agent check-config` refuses plain http to a hub off loopback, and with
+/// `insecure = true` accepts it with a note; it says when signatures are not checked.
+#[test]
+fn check_config_says_what_is_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = Signer::from_seed(1).write_public(dir.path(), "cosign.pub");
+    let run = |hub: &str, verify: &str| {
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[agent]\nid = \"h1\"\n[image]\nrepository = \"ghcr.io/acme/worker\"\n{verify}\n[hub]\n{hub}\n"
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_gpu-agent"))
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, _, err) = run("url = \"http://hub.example.com\"", "");
+    assert_eq!(code, Some(78), "{err}");
+    assert!(
+        err.contains("hub.url") && err.contains("plain http"),
+        "{err}"
+    );
+
+    let (code, out, err) = run("url = \"http://hub.example.com\"\ninsecure = true", "");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("note: hub http://hub.example.com/ is used over plain http"),
+        "{out}"
+    );
+    assert!(
+        out.contains("note: image signatures are not checked"),
+        "{out}"
+    );
+
+    let verify = format!(
+        "[image.verify]\ncosign_public_keys = [\"{}\"]\nmin_age = \"2h\"",
+        key.display()
+    );
+    let (code, out, err) = run("url = \"https://hub.example.com\"", &verify);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!out.contains("plain http"), "{out}");
+    assert!(
+        out.contains("must carry a cosign signature by one of") && out.contains("cosign.pub"),
+        "{out}"
+    );
+}
