@@ -257,10 +257,13 @@ if out="$(in_ct dpkg -i "/debs/$DEB1" 2>&1)"; then
         /usr/share/bash-completion/completions/agentctl; do
         in_ct test -s "$f" || missing="$missing $f"
     done
-    if [ "$enabled" = enabled ] && [ "$active" = inactive ] && [ -n "$group" ] && [ -z "$missing" ]; then
-        pass "dpkg -i $DEB1: unit enabled, not started; group gpu-agent exists; rules, dashboard, man pages, completions installed"
+    # The config may hold secrets: root's alone to read and write, group read.
+    conf="$(in_ct stat -c '%a %U:%G' /etc/gpu-agent/agent.toml 2>&1 || true)"
+    if [ "$enabled" = enabled ] && [ "$active" = inactive ] && [ -n "$group" ] && [ -z "$missing" ] &&
+        [ "$conf" = "640 root:root" ]; then
+        pass "dpkg -i $DEB1: unit enabled, not started; group gpu-agent exists; rules, dashboard, man pages, completions installed; agent.toml $conf"
     else
-        fail "dpkg -i $DEB1: is-enabled=$enabled is-active=$active group='$group' missing:${missing:- none}"
+        fail "dpkg -i $DEB1: is-enabled=$enabled is-active=$active group='$group' missing:${missing:- none} agent.toml='$conf'"
     fi
 else
     fail "dpkg -i $DEB1"

@@ -22,8 +22,14 @@ pub mod hub;
 pub mod metrics;
 pub mod notify;
 pub mod registry;
+pub mod trust;
 pub mod update;
 pub mod worker;
+
+/// The sanitizer of untrusted text (control characters escaped, length capped):
+/// `text::sanitize` before a hub, registry, worker or operator text reaches a
+/// terminal, the log, the state, the history or a report.
+pub use hub_client::text;
 
 /// Installs the process-wide rustls crypto provider (ring). Idempotent.
 pub fn init_tls() {

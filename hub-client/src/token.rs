@@ -57,7 +57,7 @@ impl TokenSource {
     }
 
     /// The token now (`None` without a token file). A token file readable by
-    /// everyone is used, with a warning each time it is (re-)read.
+    /// others than its owner is used, with a warning each time it is (re-)read.
     pub fn get(&self) -> Result<Option<String>, HubError> {
         let Some(path) = &self.path else {
             return Ok(None);
@@ -76,11 +76,17 @@ impl TokenSource {
         if let Some(c) = cached.as_ref().filter(|c| c.stamp == stamp) {
             return Ok(Some(c.token.clone()));
         }
-        if meta.mode() & 0o004 != 0 {
+        if meta.mode() & 0o044 != 0 {
+            let who = if meta.mode() & 0o004 != 0 {
+                "every user"
+            } else {
+                "its group"
+            };
             tracing::warn!(
                 path = %path.display(),
                 mode = format!("{:o}", meta.mode() & 0o777),
-                "the hub token file is readable by every user: chmod 600 (or 640 with group gpu-agent)"
+                "the hub token file is readable by {who}: chown root and chmod 600, or hand it \
+                 to the agent with systemd's LoadCredential= (see the README)"
             );
         }
         let text = std::fs::read_to_string(path).map_err(io)?;

@@ -21,6 +21,12 @@ impl Desired {
         if self.repository.trim().is_empty() {
             return Err("'repository' is empty".into());
         }
+        if crate::text::has_control(&self.repository) || self.repository.len() > 512 {
+            return Err(format!(
+                "'repository' is not an image name: {}",
+                shorten(&self.repository)
+            ));
+        }
         if !is_sha256_digest(&self.digest) {
             return Err(format!(
                 "'digest' is not a sha256 digest: {:?}",
@@ -41,9 +47,10 @@ pub struct Nudge {
 }
 
 impl Nudge {
-    /// Parses and checks an event's data.
+    /// Parses and checks an event's data; the reason comes back sanitized
+    /// (control characters escaped, at most 200 characters).
     pub fn parse(data: &str) -> Result<Nudge, String> {
-        let n: Nudge = serde_json::from_str(data)
+        let mut n: Nudge = serde_json::from_str(data)
             .map_err(|e| format!("nudge data is not the expected JSON ({e})"))?;
         if let Some(d) = &n.digest {
             if !is_sha256_digest(d) {
@@ -53,6 +60,7 @@ impl Nudge {
                 ));
             }
         }
+        n.reason = shorten(&n.reason);
         Ok(n)
     }
 }
@@ -104,15 +112,10 @@ pub(crate) fn shorten(s: &str) -> String {
     shorten_to(s, 200)
 }
 
-/// `s` cut to `max` characters, with `…` when it was longer.
+/// `s` with its control characters escaped, cut to `max` characters (see
+/// [`crate::text::sanitize`]): every quoted answer of the hub goes through it.
 pub(crate) fn shorten_to(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_string()
-    } else {
-        let mut t: String = s.chars().take(max).collect();
-        t.push('…');
-        t
-    }
+    crate::text::sanitize(s, max)
 }
 
 #[cfg(test)]
@@ -120,6 +123,31 @@ mod tests {
     use super::*;
 
     const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn hub_text_arrives_escaped_and_capped() {
+        let n = Nudge::parse(&format!(
+            r#"{{"reason":"\u001b[2J\u001b]0;pwned\u0007{}"}}"#,
+            "x".repeat(500)
+        ))
+        .unwrap();
+        assert!(
+            n.reason.starts_with("\\u{1b}[2J\\u{1b}]0;pwned\\u{7}"),
+            "{}",
+            n.reason
+        );
+        assert!(!crate::text::has_control(&n.reason));
+        assert!(n.reason.ends_with("more characters)"), "{}", n.reason);
+        let bad = Desired {
+            repository: "ghcr.io/acme/\u{1b}[31mworker".into(),
+            digest: D.into(),
+        };
+        let err = bad.validate().unwrap_err();
+        assert!(
+            err.contains("\\u{1b}[31m") && !crate::text::has_control(&err),
+            "{err}"
+        );
+    }
 
     #[test]
     fn desired_checks_its_digest() {

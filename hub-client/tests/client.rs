@@ -519,3 +519,86 @@ async fn the_backlog_keeps_the_last_hundred() {
     }
     quiet(&mut s).await;
 }
+
+/// A hub that answers every request with `status` and `body` (raw HTTP/1.1 on loopback).
+async fn hostile_hub(status: &'static str, body: String) -> url::Url {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = conn.write_all(head.as_bytes()).await;
+                let _ = conn.write_all(body.as_bytes()).await;
+            });
+        }
+    });
+    url::Url::parse(&format!("http://{addr}/")).unwrap()
+}
+
+#[tokio::test]
+async fn escape_sequences_from_the_hub_arrive_escaped_and_capped() {
+    // An error body.
+    let body = format!(
+        "\u{1b}[2J\u{1b}]0;owned\u{7}\u{9b}31m{}",
+        "x".repeat(10_000)
+    );
+    for status in [
+        "500 Internal Server Error",
+        "403 Forbidden",
+        "404 Not Found",
+    ] {
+        let url = hostile_hub(status, body.clone()).await;
+        let mut o = HubOptions::new(url, AGENT, TokenSource::none());
+        o.timeout = Duration::from_secs(2);
+        o.retries = 0;
+        let e = HubClient::new(o)
+            .unwrap()
+            .desired()
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("\\u{1b}[2J\\u{1b}]0;owned\\u{7}\\u{9b}31m"),
+            "{e}"
+        );
+        assert!(!hub_client::text::has_control(&e), "{e:?}");
+        assert!(e.len() < 1000, "{} bytes", e.len());
+    }
+    // A 200 that is not JSON.
+    let url = hostile_hub("200 OK", body).await;
+    let mut o = HubOptions::new(url, AGENT, TokenSource::none());
+    o.timeout = Duration::from_secs(2);
+    let e = HubClient::new(o)
+        .unwrap()
+        .desired()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        !hub_client::text::has_control(&e) && e.len() < 1000,
+        "{e:?}"
+    );
+
+    // A nudge's reason, through the real event stream.
+    let hub = MockHub::start(None).await.unwrap();
+    let c = client(&hub, TokenSource::none());
+    let mut s = c.events(None).await.unwrap();
+    until("the stream to open", || hub.stream_count(AGENT) == 1).await;
+    hub.nudge(
+        AGENT,
+        nudge("\u{1b}]8;;http://evil/\u{7}click\u{1b}]8;;\u{7}", None),
+    );
+    let (_, n) = next_nudge(&mut s).await;
+    assert_eq!(
+        n.reason,
+        "\\u{1b}]8;;http://evil/\\u{7}click\\u{1b}]8;;\\u{7}"
+    );
+}

@@ -119,6 +119,9 @@ fn main() -> ExitCode {
                     "agent {} follows {} ({}) as worker {:?}",
                     s.agent.id, s.image.name, s.image.policy, s.worker.name
                 ));
+                for note in s.security_notes() {
+                    text.push_str(&format!("\nnote: {note}"));
+                }
                 stdout(&text);
                 Exit::Ok
             }

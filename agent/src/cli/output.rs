@@ -40,13 +40,13 @@ impl Output {
     /// A progress line on stderr (text output only).
     pub fn progress(self, line: &str) {
         if !self.json {
-            eprintln!("{line}");
+            eprintln!("{}", terminal_safe(line));
         }
     }
 
     /// An error on stderr, in either mode.
     pub fn error(self, message: &str) {
-        eprintln!("agentctl: {}", message.trim_end());
+        eprintln!("agentctl: {}", terminal_safe(message.trim_end()));
     }
 
     /// A command that did not get done: the error on stderr and, with
@@ -75,8 +75,7 @@ pub fn error_json(message: &str, exit: super::Exit) -> String {
 /// keeps its exit status. Every line the binaries print on stdout goes
 /// through here or [`write_stdout`] (`println!` would panic, exit 101).
 pub fn stdout(text: &str) {
-    let mut line = String::with_capacity(text.len() + 1);
-    line.push_str(text.trim_end_matches('\n'));
+    let mut line = terminal_safe(text.trim_end_matches('\n'));
     line.push('\n');
     write_stdout(line.as_bytes());
 }
@@ -85,6 +84,18 @@ pub fn stdout(text: &str) {
 pub fn write_stdout(bytes: &[u8]) {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(bytes).and_then(|()| out.flush());
+}
+
+/// `text` with every control character but the line breaks written escaped
+/// (`\u{1b}`): status and history carry text from outside (a registry's or
+/// hub's error, a worker's log line, an operator's reason), and a terminal
+/// must show an escape sequence, never obey it. Every line agentctl prints
+/// goes through here.
+pub fn terminal_safe(text: &str) -> String {
+    text.split('\n')
+        .map(|line| crate::text::sanitize(line, usize::MAX))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Re-indents JSON text (two spaces, as `serde_json`'s pretty printer) without
@@ -105,6 +116,12 @@ pub fn pretty_json(raw: &str) -> String {
         let c = chars[i];
         i += 1;
         if in_string {
+            if c.is_control() {
+                // Valid JSON carries no raw C0; DEL and C1 may be raw: escape
+                // them too, so the value is the same and no terminal acts on it.
+                out.push_str(&format!("\\u{:04x}", c as u32));
+                continue;
+            }
             out.push(c);
             if escaped {
                 escaped = false;
@@ -359,6 +376,23 @@ mod tests {
         );
         assert_eq!(pretty_json("[ ]"), "[]");
         assert_eq!(pretty_json(" 5 "), "5");
+    }
+
+    #[test]
+    fn escape_sequences_are_shown_never_obeyed() {
+        let shown = terminal_safe("error: \u{1b}[2J\u{1b}]0;owned\u{7}\nnext\u{9b}31m line\r");
+        assert_eq!(
+            shown,
+            "error: \\u{1b}[2J\\u{1b}]0;owned\\u{7}\nnext\\u{9b}31m line\\r"
+        );
+        let raw = "{\"error\":\"a\\u001b[2J b\u{9b}c\u{7f}\"}";
+        let pretty = pretty_json(raw);
+        assert!(
+            !pretty.chars().any(|c| c.is_control() && c != '\n'),
+            "{pretty:?}"
+        );
+        let back: serde_json::Value = serde_json::from_str(&pretty).unwrap();
+        assert_eq!(back["error"], "a\u{1b}[2J b\u{9b}c\u{7f}");
     }
 
     #[test]

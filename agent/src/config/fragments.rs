@@ -51,6 +51,15 @@ pub struct ImageFragment {
     pub auth_file: Option<String>,
     pub insecure: Option<bool>,
     pub max_attempts: Option<u32>,
+    pub verify: Option<VerifyFragment>,
+}
+
+/// `[image.verify]`: which digests may be deployed at all.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyFragment {
+    pub cosign_public_keys: Option<Vec<String>>,
+    pub min_age: Option<DurationStr>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -113,6 +122,7 @@ pub struct HubFragment {
     pub desired_from_hub: Option<bool>,
     pub verify_registration: Option<bool>,
     pub registration_timeout: Option<DurationStr>,
+    pub insecure: Option<bool>,
 }
 
 /// One `[[notify]]` webhook (config/notify.rs).

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use url::Url;
 
-use super::fragments::{Fragment, GpusFragment};
+use super::fragments::{Fragment, GpusFragment, VerifyFragment};
 use super::{ConfigError, Origin};
 use crate::registry::{ImageName, Policy};
 
@@ -56,6 +56,18 @@ pub struct ImageSettings {
     /// timed out, a worker that could not be verified) before it is marked
     /// bad; between them the digest is tried again after a back-off.
     pub max_attempts: u32,
+    /// `[image.verify]`; `None`: every digest of the repository may be deployed.
+    pub verify: Option<VerifySettings>,
+}
+
+/// `[image.verify]`, checked when the config loads (the key files read and parsed).
+#[derive(Debug, Clone)]
+pub struct VerifySettings {
+    /// A digest must carry a valid cosign signature by one of these; `None`: no
+    /// signature required (only `min_age` was set).
+    pub cosign_keys: Option<crate::trust::CosignKeys>,
+    /// A digest younger than this is not deployed yet.
+    pub min_age: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,6 +153,55 @@ pub struct HubSettings {
     pub desired_from_hub: bool,
     pub verify_registration: bool,
     pub registration_timeout: Duration,
+    /// Plain http to a hub that is not on loopback (refused otherwise).
+    pub insecure: bool,
+}
+
+impl Settings {
+    /// What `check-config` points out about trust: plain http allowed by
+    /// `insecure = true`, and images deployed without signature checks.
+    pub fn security_notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if self.image.insecure && !self.image.name.is_docker_hub() {
+            let url = format!("{}/v2/", self.image.name.api_base(true));
+            let loopback = Url::parse(&url).is_ok_and(|u| is_loopback(&u));
+            if !loopback {
+                notes.push(format!(
+                    "registry {url} is used over plain http (image.insecure = true): anyone on \
+                     the path can change which digest a tag names"
+                ));
+            }
+        }
+        if let Some(hub) = &self.hub {
+            if hub.url.scheme() == "http" && !is_loopback(&hub.url) {
+                notes.push(format!(
+                    "hub {} is used over plain http (hub.insecure = true): anyone on the path \
+                     can change the answers and see the token",
+                    hub.url
+                ));
+            }
+        }
+        match self
+            .image
+            .verify
+            .as_ref()
+            .and_then(|v| v.cosign_keys.as_ref())
+        {
+            None => notes.push(
+                "image signatures are not checked: anyone who can push to the repository \
+                 decides what this host runs (set image.verify.cosign_public_keys)"
+                    .into(),
+            ),
+            Some(keys) => notes.push(format!(
+                "a digest must carry a cosign signature by one of: {}",
+                keys.paths()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+        notes
+    }
 }
 
 /// Environment variables the agent sets in the worker itself.
@@ -255,6 +316,7 @@ pub(super) fn validate(f: Fragment, o: &Origin) -> Result<Settings, ConfigError>
             "must be at least 1 (the attempts before a digest whose rollbacks blamed nothing is marked bad)",
         ));
     }
+    let verify = image.verify.map(|v| validate_verify(v, o)).transpose()?;
     let image = ImageSettings {
         name,
         policy,
@@ -263,6 +325,7 @@ pub(super) fn validate(f: Fragment, o: &Origin) -> Result<Settings, ConfigError>
         poll_jitter: image.poll_jitter.map_or(Duration::from_secs(30), |d| d.0),
         auth_file: image.auth_file.map(PathBuf::from),
         insecure: image.insecure.unwrap_or(false),
+        verify,
     };
 
     let w = f.worker.unwrap_or_default();
@@ -419,8 +482,12 @@ pub(super) fn validate(f: Fragment, o: &Origin) -> Result<Settings, ConfigError>
         None => None,
         Some(h) => {
             let url = h.url.ok_or_else(|| o.missing("hub.url"))?;
+            let url = http_url(&url, "hub.url", o)?;
+            let insecure = h.insecure.unwrap_or(false);
+            check_plain_http(url.as_str(), insecure).map_err(|why| o.invalid("hub.url", why))?;
             Some(HubSettings {
-                url: http_url(&url, "hub.url", o)?,
+                url,
+                insecure,
                 token_file: h.token_file.map(PathBuf::from),
                 desired_from_hub: h.desired_from_hub.unwrap_or(false),
                 verify_registration: h.verify_registration.unwrap_or(false),
@@ -440,6 +507,65 @@ pub(super) fn validate(f: Fragment, o: &Origin) -> Result<Settings, ConfigError>
         hub,
         notify: super::notify::validate(f.notify, o)?,
     })
+}
+
+fn validate_verify(v: VerifyFragment, o: &Origin) -> Result<VerifySettings, ConfigError> {
+    const KEYS: &str = "image.verify.cosign_public_keys";
+    let cosign_keys = match v.cosign_public_keys {
+        None => None,
+        Some(paths) => {
+            let paths: Vec<PathBuf> = paths.into_iter().map(PathBuf::from).collect();
+            for p in &paths {
+                absolute(p, KEYS, o)?;
+            }
+            Some(
+                crate::trust::CosignKeys::load(&paths)
+                    .map_err(|e| o.invalid(KEYS, e.to_string()))?,
+            )
+        }
+    };
+    let min_age = v.min_age.map(|d| d.0);
+    if cosign_keys.is_none() && min_age.is_none() {
+        return Err(o.invalid(
+            "image.verify",
+            "is empty: set cosign_public_keys, min_age or both (or remove the table)",
+        ));
+    }
+    Ok(VerifySettings {
+        cosign_keys,
+        min_age,
+    })
+}
+
+/// Whether `url` may be used: `https`, or `http` to a loopback address
+/// (`localhost`, 127.0.0.0/8, `::1`), or `http` anywhere when its table says
+/// `insecure = true`. `Err` says why not and what to do. For the hub, the
+/// registry and etcd alike.
+pub fn check_plain_http(url: &str, insecure: bool) -> Result<(), String> {
+    let u = Url::parse(url).map_err(|e| format!("{url:?} is not a URL ({e})"))?;
+    match u.scheme() {
+        "https" | "unix" => return Ok(()),
+        "http" => {}
+        other => return Err(format!("{url}: scheme {other:?} is neither https nor http")),
+    }
+    if insecure || is_loopback(&u) {
+        return Ok(());
+    }
+    Err(format!(
+        "{url}: plain http to a host that is not loopback is refused (anyone on the path \
+         could change the answers); use https, or set `insecure = true` in this table to \
+         accept the risk"
+    ))
+}
+
+/// Whether the URL's host is a loopback name or address.
+pub fn is_loopback(u: &Url) -> bool {
+    match u.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
 }
 
 fn host_name() -> Option<String> {

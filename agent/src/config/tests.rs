@@ -385,6 +385,8 @@ fn packaged_example_values_are_valid_one_by_one() {
             // The example names a file on the host; the file's checks are
             // tested in tests/tls.rs.
             ("agent", "ca_file") => continue,
+            // Likewise a key file: tested below and in tests/trust.rs.
+            ("image.verify", "cosign_public_keys") => continue,
             ("image", "repository") => {}
             ("image", _) => text.push_str(&format!("{key} = {value}\n")),
             ("hub", k) if k != "url" => text.push_str(&format!(
@@ -410,6 +412,7 @@ fn packaged_example_shows_every_key() {
         ("AgentFragment", "agent"),
         ("DockerFragment", "docker"),
         ("ImageFragment", "image"),
+        ("VerifyFragment", "image.verify"),
         ("WorkerFragment", "worker"),
         ("HealthFragment", "worker.health"),
         ("DrainFragment", "worker.drain"),
@@ -471,4 +474,132 @@ fn packaged_example_shows_every_key() {
         checked >= 40,
         "only {checked} fields of fragments.rs were read"
     );
+}
+
+#[test]
+fn cosign_keys_are_read_when_the_config_loads_and_errors_name_key_and_file() {
+    use p256::pkcs8::{EncodePublicKey as _, LineEnding};
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("cosign.pub");
+    let pem = p256::ecdsa::SigningKey::from_slice(&[5; 32])
+        .unwrap()
+        .verifying_key()
+        .to_public_key_pem(LineEnding::LF)
+        .unwrap();
+    std::fs::write(&key, pem).unwrap();
+    let with = |verify: &str| format!("{MINIMAL}[image.verify]\n{verify}\n");
+    let s = load(&[(
+        "/etc/a.toml",
+        &with(&format!(
+            "cosign_public_keys = [\"{}\"]\nmin_age = \"2h\"",
+            key.display()
+        )),
+    )])
+    .unwrap();
+    let v = s.image.verify.unwrap();
+    assert_eq!(v.min_age, Some(Duration::from_secs(7200)));
+    let keys: Vec<_> = v.cosign_keys.unwrap().paths().map(PathBuf::from).collect();
+    assert_eq!(keys, vec![key.clone()]);
+
+    let junk = dir.path().join("junk.pub");
+    std::fs::write(&junk, "hello").unwrap();
+    let e = err(&[(
+        "/etc/a.toml",
+        &with(&format!(
+            "cosign_public_keys = [\"{}\", \"{}\"]",
+            key.display(),
+            junk.display()
+        )),
+    )]);
+    assert!(
+        e.contains("image.verify.cosign_public_keys")
+            && e.contains("/etc/a.toml")
+            && e.contains("junk.pub")
+            && e.contains("is not a cosign public key"),
+        "{e}"
+    );
+    let e = err(&[(
+        "/etc/a.toml",
+        &with("cosign_public_keys = [\"/nowhere/k.pub\"]"),
+    )]);
+    assert!(
+        e.contains("cannot read") && e.contains("/nowhere/k.pub"),
+        "{e}"
+    );
+    let e = err(&[("/etc/a.toml", &with("cosign_public_keys = [\"k.pub\"]"))]);
+    assert!(e.contains("absolute"), "{e}");
+    let e = err(&[("/etc/a.toml", &with("cosign_public_keys = []"))]);
+    assert!(e.contains("no cosign public key given"), "{e}");
+    let e = err(&[("/etc/a.toml", &with(""))]);
+    assert!(e.contains("image.verify") && e.contains("is empty"), "{e}");
+    // min_age alone is allowed, and check-config says signatures are not checked.
+    let s = load(&[("/etc/a.toml", &with("min_age = \"30m\""))]).unwrap();
+    assert!(s
+        .security_notes()
+        .iter()
+        .any(|n| n.contains("image signatures are not checked")));
+}
+
+#[test]
+fn plain_http_is_refused_unless_loopback_or_insecure() {
+    for ok in [
+        "https://hub.example.com",
+        "http://127.0.0.1:8080",
+        "http://127.9.9.9",
+        "http://[::1]:80/",
+        "http://localhost:1",
+        "http://LOCALHOST",
+    ] {
+        assert!(check_plain_http(ok, false).is_ok(), "{ok}");
+    }
+    for bad in [
+        "http://hub.example.com",
+        "http://10.0.0.1:80",
+        "http://[fe80::1]",
+        "http://127.0.0.1.nip.io",
+    ] {
+        let e = check_plain_http(bad, false).unwrap_err();
+        assert!(
+            e.contains("plain http") && e.contains("insecure = true"),
+            "{bad}: {e}"
+        );
+        assert!(check_plain_http(bad, true).is_ok(), "{bad}");
+    }
+    assert!(check_plain_http("ftp://x", true).is_err());
+
+    let hub =
+        |extra: &str| format!("{MINIMAL}[hub]\nurl = \"http://hub.example.com:8080\"\n{extra}\n");
+    let e = err(&[("/etc/a.toml", &hub(""))]);
+    assert!(
+        e.contains("hub.url") && e.contains("/etc/a.toml") && e.contains("plain http"),
+        "{e}"
+    );
+    let s = load(&[("/etc/a.toml", &hub("insecure = true"))]).unwrap();
+    assert!(s.hub.as_ref().unwrap().insecure);
+    assert!(
+        s.security_notes()
+            .iter()
+            .any(|n| n.contains("hub http://hub.example.com:8080/ is used over plain http")),
+        "{:?}",
+        s.security_notes()
+    );
+    // The registry: plain http only with image.insecure, and check-config says so.
+    let s = load(&[(
+        "/etc/a.toml",
+        &MINIMAL
+            .replace("127.0.0.1:5055", "registry.example.com")
+            .replace("tag = \"stable\"", "tag = \"stable\"\ninsecure = true"),
+    )])
+    .unwrap();
+    assert!(s
+        .security_notes()
+        .iter()
+        .any(|n| n.contains("registry http://registry.example.com/v2/ is used over plain http")));
+    // A loopback registry over http is not worth a note.
+    let s = load(&[(
+        "/etc/a.toml",
+        &MINIMAL.replace("tag = \"stable\"", "tag = \"stable\"\ninsecure = true"),
+    )])
+    .unwrap();
+    assert!(!s.security_notes().iter().any(|n| n.contains("plain http")));
 }

@@ -7,7 +7,9 @@
 //! refused (409) with the reason.
 
 pub mod api;
+pub mod peer;
 pub(crate) mod server;
 
 pub use crate::update::status_of;
+pub use peer::Peer;
 pub use server::{bind, serve, Action, ControlError, ControlState, HealthSource, Job};

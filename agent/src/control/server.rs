@@ -165,6 +165,8 @@ pub async fn serve(listener: UnixListener, state: ControlState, shutdown: Cancel
             )
         })
         .with_state(state);
+    // Each connection carries its caller's credentials: `ConnectInfo<Peer>`.
+    let app = app.into_make_service_with_connect_info::<super::peer::Peer>();
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

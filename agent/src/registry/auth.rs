@@ -12,8 +12,9 @@ use time::OffsetDateTime;
 use tracing::debug;
 use url::Url;
 
-use super::client::{read_body, status_error, Inner};
 use super::credentials::Credentials;
+use super::http::{check_scheme, read_body, status_error};
+use super::retry::RetryPolicy;
 use super::RegistryError;
 
 /// The lifetime of a token whose answer gives none (the distribution spec's default).
@@ -290,10 +291,17 @@ fn token_query(url: &mut Url, service: Option<&str>, scope: &str, account: Optio
     }
 }
 
+/// What [`fetch_token`] sends with: the client's HTTP client, retries and scheme rule.
+pub(super) struct TokenClient<'a> {
+    pub http: &'a reqwest::Client,
+    pub retry: &'a RetryPolicy,
+    pub insecure: bool,
+}
+
 /// Gets a token for `scope` at the challenge's realm: a GET with basic
 /// credentials (or none), or, with an identity token, the OAuth2 refresh-token POST.
 pub(super) async fn fetch_token(
-    inner: &Inner,
+    inner: &TokenClient<'_>,
     registry: &str,
     challenged_url: &str,
     realm: &str,
@@ -311,7 +319,7 @@ pub(super) async fn fetch_token(
             reason: format!("token realm {realm:?} is not an http(s) URL"),
         });
     }
-    inner.check_scheme(&url)?;
+    check_scheme(&url, inner.insecure)?;
     let (method, form, auth) = match creds {
         Some(Credentials::IdentityToken { token, .. }) => {
             let mut form = url::form_urlencoded::Serializer::new(String::new());

@@ -10,17 +10,14 @@ use reqwest::{Method, Response};
 use tracing::debug;
 use url::Url;
 
-use super::auth::{self, Challenge, TokenCache};
+use super::auth::{self, Challenge, TokenCache, TokenClient};
 use super::credentials::{self, Credentials};
+use super::http::{self, read_body, status_error};
 use super::retry::RetryPolicy;
-use super::tags::select_version;
 use super::{
     is_sha256_digest, ClientOptions, EngineCredentials, ImageName, Policy, RegistryError, Resolved,
     MANIFEST_MEDIA_TYPES,
 };
-
-/// Error bodies are quoted in errors, shortened to this.
-const MAX_DETAIL: usize = 300;
 
 /// Asks registries for digests. Cheap to clone; clones share the token cache.
 #[derive(Clone)]
@@ -28,10 +25,10 @@ pub struct RegistryClient {
     inner: Arc<Inner>,
 }
 
-pub(super) struct Inner {
-    pub(super) http: reqwest::Client,
-    pub(super) opts: ClientOptions,
-    pub(super) retry: RetryPolicy,
+struct Inner {
+    http: reqwest::Client,
+    opts: ClientOptions,
+    retry: RetryPolicy,
     tokens: Mutex<TokenCache>,
     /// The last challenge of each registry: later requests answer it up front.
     challenges: Mutex<HashMap<String, Challenge>>,
@@ -80,17 +77,7 @@ impl RegistryClient {
         let mut session = Session::new(&self.inner, image);
         let tag = match policy {
             Policy::Tag(tag) => tag.clone(),
-            Policy::Version(req) => {
-                let tags = session.list_tags().await?;
-                let (tag, version) =
-                    select_version(&tags, req).ok_or_else(|| RegistryError::NoMatchingVersion {
-                        repository: image.to_string(),
-                        range: req.to_string(),
-                        tags_seen: tags.len(),
-                    })?;
-                debug!(image = %image, range = %req, tag, version = %version, "picked version");
-                tag
-            }
+            Policy::Version(req) => session.pick_version(req).await?,
         };
         let digest = session.head_digest(&tag).await?;
         debug!(image = %image, tag, digest, "resolved");
@@ -105,6 +92,31 @@ impl RegistryClient {
     /// Every tag of the repository, following pagination; sorted, without duplicates.
     pub async fn list_tags(&self, image: &ImageName) -> Result<Vec<String>, RegistryError> {
         Session::new(&self.inner, image).list_tags().await
+    }
+
+    /// The manifest `reference` (a tag or a digest) names, as sent: `GET` with
+    /// `accept` as the media types, at most `limit` bytes; when `reference` is a
+    /// digest, the body is checked against it.
+    pub async fn manifest(
+        &self,
+        image: &ImageName,
+        reference: &str,
+        accept: &[&str],
+        limit: usize,
+    ) -> Result<Manifest, RegistryError> {
+        Session::new(&self.inner, image)
+            .manifest(reference, accept, limit)
+            .await
+    }
+
+    /// The blob `digest` of the repository, at most `limit` bytes, checked against its digest.
+    pub async fn blob(
+        &self,
+        image: &ImageName,
+        digest: &str,
+        limit: usize,
+    ) -> Result<Vec<u8>, RegistryError> {
+        Session::new(&self.inner, image).blob(digest, limit).await
     }
 
     /// The credentials the engine needs in `X-Registry-Auth` to pull `image`; `None`: anonymous.
@@ -129,13 +141,8 @@ impl Inner {
     }
 
     /// Refuses plain http unless `insecure` (reqwest would too, less clearly).
-    pub(super) fn check_scheme(&self, url: &Url) -> Result<(), RegistryError> {
-        if url.scheme() != "https" && !self.opts.insecure {
-            return Err(RegistryError::InsecureUrl {
-                url: url.to_string(),
-            });
-        }
-        Ok(())
+    fn check_scheme(&self, url: &Url) -> Result<(), RegistryError> {
+        http::check_scheme(url, self.opts.insecure)
     }
 }
 
@@ -296,8 +303,13 @@ impl<'a> Session<'a> {
     ) -> Result<String, RegistryError> {
         let creds = self.credentials().await?;
         let registry = &self.image.registry;
+        let client = TokenClient {
+            http: &self.inner.http,
+            retry: &self.inner.retry,
+            insecure: self.inner.opts.insecure,
+        };
         let token = auth::fetch_token(
-            self.inner,
+            &client,
             registry,
             url,
             realm,
@@ -373,6 +385,77 @@ impl<'a> Session<'a> {
     }
 }
 
+/// A manifest as the registry sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// The `Content-Type` of the answer, without parameters.
+    pub media_type: String,
+    pub body: Vec<u8>,
+}
+
+impl Session<'_> {
+    async fn manifest(
+        &mut self,
+        reference: &str,
+        accept: &[&str],
+        limit: usize,
+    ) -> Result<Manifest, RegistryError> {
+        if !is_sha256_digest(reference) {
+            check_tag(reference)?;
+        }
+        let url = self.url(&format!("manifests/{reference}"))?;
+        let resp = self.send(Method::GET, &url, &accept.join(", ")).await?;
+        if resp.status().as_u16() != 200 {
+            let what = format!("manifest {reference} of {}", self.image);
+            return Err(self.unexpected(&what, &url, resp).await);
+        }
+        let media_type = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        let body = read_body(resp, url.as_str(), limit).await?;
+        if is_sha256_digest(reference) {
+            check_digest(&body, reference, &url)?;
+        }
+        Ok(Manifest { media_type, body })
+    }
+
+    async fn blob(&mut self, digest: &str, limit: usize) -> Result<Vec<u8>, RegistryError> {
+        if !is_sha256_digest(digest) {
+            return Err(RegistryError::InvalidTag {
+                tag: digest.to_string(),
+            });
+        }
+        let url = self.url(&format!("blobs/{digest}"))?;
+        let resp = self.send(Method::GET, &url, "*/*").await?;
+        if resp.status().as_u16() != 200 {
+            let what = format!("blob {digest} of {}", self.image);
+            return Err(self.unexpected(&what, &url, resp).await);
+        }
+        let body = read_body(resp, url.as_str(), limit).await?;
+        check_digest(&body, digest, &url)?;
+        Ok(body)
+    }
+}
+
+/// Refuses a body whose sha256 is not `digest`.
+fn check_digest(body: &[u8], digest: &str, url: &Url) -> Result<(), RegistryError> {
+    use sha2::Digest as _;
+    let got = format!("sha256:{:x}", sha2::Sha256::digest(body));
+    if got == digest {
+        Ok(())
+    } else {
+        Err(RegistryError::Garbage {
+            url: url.to_string(),
+            reason: format!("the content's digest is {got}, not the {digest} asked for"),
+        })
+    }
+}
+
 /// The digest of a manifest HEAD answer, from its `Content-Type` and
 /// `Docker-Content-Digest` headers (the agent reads no manifest body); an
 /// `Err` says what is wrong with them.
@@ -422,70 +505,6 @@ pub(super) fn check_tag(tag: &str) -> Result<(), RegistryError> {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Reads a body of at most `limit` bytes.
-pub(super) async fn read_body(
-    mut resp: Response,
-    url: &str,
-    limit: usize,
-) -> Result<Vec<u8>, RegistryError> {
-    let mut body = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|source| RegistryError::Network {
-            url: url.to_string(),
-            source,
-        })?
-    {
-        if body.len() + chunk.len() > limit {
-            return Err(RegistryError::Garbage {
-                url: url.to_string(),
-                reason: format!("answer larger than {limit} bytes"),
-            });
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
-/// A [`RegistryError::Status`] with the registry's own message when it gave one.
-pub(super) async fn status_error(url: &str, resp: Response) -> RegistryError {
-    let status = resp.status().as_u16();
-    let body = read_body(resp, url, 64 * 1024).await.unwrap_or_default();
-    RegistryError::Status {
-        url: url.to_string(),
-        status,
-        detail: error_detail(&body),
-    }
-}
-
-/// `CODE: message` of the first entry of a distribution error body, else the text.
-pub(super) fn error_detail(body: &[u8]) -> String {
-    #[derive(serde::Deserialize)]
-    struct Errors {
-        errors: Vec<Entry>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Entry {
-        #[serde(default)]
-        code: String,
-        #[serde(default)]
-        message: String,
-    }
-    let text = match serde_json::from_slice::<Errors>(body) {
-        Ok(Errors { errors }) if !errors.is_empty() => {
-            format!("{}: {}", errors[0].code, errors[0].message)
-        }
-        _ => String::from_utf8_lossy(body).trim().to_string(),
-    };
-    let text: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if text.chars().count() > MAX_DETAIL {
-        format!("{}…", text.chars().take(MAX_DETAIL).collect::<String>())
-    } else {
-        text
-    }
 }
 
 #[cfg(test)]
@@ -541,19 +560,5 @@ mod tests {
         assert!(none.contains("without a Docker-Content-Digest"), "{none}");
         let sha512 = digest_from_head(None, Some(&h("sha512:00"))).unwrap_err();
         assert!(sha512.contains("not sha256"), "{sha512}");
-    }
-
-    #[test]
-    fn error_details() {
-        assert_eq!(
-            error_detail(br#"{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}"#),
-            "DENIED: requested access to the resource is denied"
-        );
-        assert_eq!(
-            error_detail(b"  upstream\n  timed out "),
-            "upstream timed out"
-        );
-        assert_eq!(error_detail(b""), "");
-        assert_eq!(error_detail(&[b'x'; 1000]).chars().count(), MAX_DETAIL + 1);
     }
 }

@@ -190,7 +190,7 @@ pub(super) fn normalise_key(key: &str) -> String {
 }
 
 /// Warns (once per file and mode) when the auth file, which holds registry
-/// passwords, is readable by every user.
+/// passwords, is readable by others than its owner (every user, or its group).
 fn warn_if_readable_by_all(path: &Path) {
     use std::os::unix::fs::PermissionsExt as _;
     static WARNED: std::sync::Mutex<BTreeMap<PathBuf, u32>> =
@@ -199,13 +199,16 @@ fn warn_if_readable_by_all(path: &Path) {
         return;
     };
     let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o004 == 0 {
-        return;
-    }
+    let who = match mode & 0o044 {
+        0 => return,
+        0o040 => "its group",
+        _ => "every user",
+    };
     let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
     if warned.insert(path.to_path_buf(), mode) != Some(mode) {
         tracing::warn!(path = %path.display(), mode = format!("{mode:o}"),
-            "the registry auth file (image.auth_file) is readable by every user: chmod 600 (or 640 with group gpu-agent)");
+            "the registry auth file (image.auth_file) is readable by {who}: chown root and chmod 600, \
+             or hand it to the agent with systemd's LoadCredential= (see the README)");
     }
 }
 

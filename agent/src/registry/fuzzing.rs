@@ -5,7 +5,7 @@
 use reqwest::header::HeaderValue;
 use time::OffsetDateTime;
 
-use super::{auth, client, credentials, tags};
+use super::{auth, client, credentials, http, tags};
 
 /// The digest of a manifest HEAD answer from its `Content-Type` and
 /// `Docker-Content-Digest` header bytes (`None`: header absent; bytes that are
@@ -27,7 +27,7 @@ pub fn manifest_head(
 
 /// The detail of a registry error body, as it appears in an error.
 pub fn error_detail(body: &[u8]) -> String {
-    client::error_detail(body)
+    http::error_detail(body)
 }
 
 /// `WWW-Authenticate` values: every challenge parsed, and the one picked

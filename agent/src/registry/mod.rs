@@ -14,7 +14,8 @@
 //!   exponential backoff and jitter, honouring `Retry-After`.
 //!
 //! Files: `name.rs` (image names), `client.rs` (the client, requests, the auth
-//! dance), `auth.rs` (challenges, tokens, token cache), `credentials.rs`
+//! dance), `http.rs` (bounded body reads, status errors, the scheme check:
+//! shared by the others, importing none of them), `auth.rs` (challenges, tokens, token cache), `credentials.rs`
 //! (config.json and credential helpers), `tags.rs` (tag pagination, semver
 //! selection), `retry.rs` (backoff, `Retry-After`), `error.rs` (errors).
 
@@ -24,6 +25,7 @@ mod credentials;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+mod http;
 mod name;
 mod retry;
 mod tags;
@@ -32,10 +34,10 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use client::RegistryClient;
+pub use client::{Manifest, RegistryClient};
 pub use error::RegistryError;
 pub use name::ImageName;
-pub use tags::select_version;
+pub use tags::{select_version, MAX_TAG_LIST_BYTES};
 
 /// The manifest media types the agent accepts, in the order sent in `Accept`.
 ///

@@ -81,6 +81,11 @@ impl ImageName {
         })
     }
 
+    /// Whether the image is on Docker Hub (always https).
+    pub fn is_docker_hub(&self) -> bool {
+        self.registry == DOCKER_HUB
+    }
+
     /// The base URL of the registry's API: `https://registry-1.docker.io` for
     /// Docker Hub, `http://host` when `insecure`, else `https://host`.
     pub fn api_base(&self, insecure: bool) -> String {

@@ -41,7 +41,7 @@ impl RetryPolicy {
                 Ok(resp) if is_retryable_status(resp.status().as_u16()) => {
                     let status = resp.status().as_u16();
                     if attempt >= self.retries {
-                        return Err(super::client::status_error(url, resp).await);
+                        return Err(super::http::status_error(url, resp).await);
                     }
                     let delay = retry_after(resp.headers(), OffsetDateTime::now_utc())
                         .unwrap_or_else(|| backoff(self.base_delay, attempt));

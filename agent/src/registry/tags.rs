@@ -11,21 +11,41 @@ use reqwest::header::LINK;
 use reqwest::Method;
 use semver::{Version, VersionReq};
 
-use super::client::{read_body, Session};
+use tracing::debug;
+
+use super::client::Session;
+use super::http::read_body;
 use super::RegistryError;
 
 /// Bound on the pages of one tag list.
 const MAX_TAG_PAGES: usize = 1000;
 /// Bound on one page of a tag list.
 const MAX_TAG_PAGE_BYTES: usize = 16 << 20;
+/// Bound on all the pages of one tag list together (about a million tags):
+/// a registry that pages without end must not fill the agent's memory.
+pub const MAX_TAG_LIST_BYTES: usize = 32 << 20;
 
 impl Session<'_> {
+    /// The highest tag of the repository in `req`.
+    pub(super) async fn pick_version(&mut self, req: &VersionReq) -> Result<String, RegistryError> {
+        let tags = self.list_tags().await?;
+        let (tag, version) =
+            select_version(&tags, req).ok_or_else(|| RegistryError::NoMatchingVersion {
+                repository: self.image.to_string(),
+                range: req.to_string(),
+                tags_seen: tags.len(),
+            })?;
+        debug!(image = %self.image, range = %req, tag, version = %version, "picked version");
+        Ok(tag)
+    }
+
     /// Every tag of the repository, following `Link: <..>; rel="next"`; sorted, without duplicates.
     pub(super) async fn list_tags(&mut self) -> Result<Vec<String>, RegistryError> {
         let first = self.url("tags/list")?;
         let mut url = first.clone();
         let mut visited = HashSet::new();
         let mut tags = Vec::new();
+        let mut total = 0;
         for _ in 0..MAX_TAG_PAGES {
             let garbage = |reason: String| RegistryError::Garbage {
                 url: url.to_string(),
@@ -49,7 +69,17 @@ impl Session<'_> {
                     break;
                 }
             }
-            let body = read_body(resp, url.as_str(), MAX_TAG_PAGE_BYTES).await?;
+            let left = MAX_TAG_LIST_BYTES - total;
+            let body = read_body(resp, url.as_str(), MAX_TAG_PAGE_BYTES.min(left))
+                .await
+                .map_err(|e| match e {
+                    RegistryError::Garbage { .. } if left < MAX_TAG_PAGE_BYTES => garbage(format!(
+                        "the tag list is larger than {} MiB in all",
+                        MAX_TAG_LIST_BYTES >> 20
+                    )),
+                    e => e,
+                })?;
+            total += body.len();
             tags.extend(parse_tag_list(&body).map_err(garbage)?);
             let Some(next) = next else {
                 tags.sort();

@@ -1,7 +1,10 @@
 //! Helpers for the registry tests: a scriptable mock registry (`mock`), the real
-//! distribution registry on loopback (`real`), a JWT token server (`token`), and
-//! small things shared by all three (here).
+//! distribution registry on loopback (`real`), a JWT token server (`token`), a
+//! cosign signer (`cosign`), and small things they share (here).
 
+/// Only the trust tests sign images.
+#[allow(dead_code)]
+pub mod cosign;
 pub mod mock;
 pub mod real;
 pub mod token;
