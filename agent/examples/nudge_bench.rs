@@ -603,6 +603,10 @@ check = false
 [hub]
 url = "{hub}"
 token_file = "{token}"
+# Nudges name the digest to deploy (deployed only when the hub decides),
+# many times an hour.
+desired_from_hub = true
+max_swaps_per_hour = 1000
 "#,
         id = a.agent_id,
         state = dir.join("state").display(),

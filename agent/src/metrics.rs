@@ -640,6 +640,7 @@ mod tests {
                 error: None,
                 downtime_ms: Some(250),
                 reason: None,
+                user: None,
             },
             Some(at - time::Duration::seconds(12)),
         );
@@ -681,6 +682,7 @@ mod tests {
             error: None,
             downtime_ms: None,
             reason: None,
+            user: None,
         }
     }
 

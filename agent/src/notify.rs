@@ -407,6 +407,7 @@ mod tests {
             error: error.map(str::to_string),
             downtime_ms: Some(1200),
             reason: None,
+            user: None,
         }
     }
 

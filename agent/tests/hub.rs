@@ -158,7 +158,9 @@ async fn a_nudge_checks_at_once_and_a_nudge_naming_a_digest_deploys_it() {
     let h = Hubbed::new("hub-nudge").await;
     let s = &h.s;
     let v1 = s.push("v1", "stable");
-    let agent = s.start_agent(&h.config("tag = \"stable\"", "", "", ""));
+    // The hub decides the digest (the SPEC: a digest a nudge names is
+    // deployed only with desired_from_hub); it has no opinion until it names one.
+    let agent = s.start_agent(&h.config("tag = \"stable\"", "", "desired_from_hub = true", ""));
     s.wait_history(&v1, "success", &agent).await;
     h.wait_stream(&agent, 1).await;
 

@@ -160,6 +160,7 @@ fn agent_text() -> String {
             error: None,
             downtime_ms: Some(100),
             reason: None,
+            user: None,
         },
         Some(now - time::Duration::seconds(3)),
     );

@@ -81,6 +81,7 @@ fn entry(outcome: Outcome, error: Option<&str>) -> HistoryEntry {
         error: error.map(str::to_string),
         downtime_ms: Some(900),
         reason: None,
+        user: None,
     }
 }
 

@@ -101,6 +101,7 @@ mod tests {
                 error: None,
                 downtime_ms: Some(0),
                 reason: None,
+                user: None,
             },
             HistoryEntry {
                 at: datetime!(2026-11-22 07:10:00.5 UTC),
@@ -112,6 +113,7 @@ mod tests {
                 error: Some("worker not healthy within 15s:\n  last output".into()),
                 downtime_ms: Some(17_250),
                 reason: None,
+                user: None,
             },
             HistoryEntry {
                 at: datetime!(2026-11-22 07:20:00 UTC),
@@ -123,6 +125,7 @@ mod tests {
                 error: None,
                 downtime_ms: None,
                 reason: Some("bios update".into()),
+                user: None,
             },
         ];
         assert_eq!(

@@ -123,6 +123,7 @@ pub struct HubFragment {
     pub verify_registration: Option<bool>,
     pub registration_timeout: Option<DurationStr>,
     pub insecure: Option<bool>,
+    pub max_swaps_per_hour: Option<u32>,
 }
 
 /// One `[[notify]]` webhook (config/notify.rs).

@@ -155,6 +155,10 @@ pub struct HubSettings {
     pub registration_timeout: Duration,
     /// Plain http to a hub that is not on loopback (refused otherwise).
     pub insecure: bool,
+    /// Swaps to digests the hub names (desired or in a nudge) that may start
+    /// in any hour; more wait, so a hub that flips between digests cannot
+    /// cost a swap a minute.
+    pub max_swaps_per_hour: u32,
 }
 
 impl Settings {
@@ -494,6 +498,15 @@ pub(super) fn validate(f: Fragment, o: &Origin) -> Result<Settings, ConfigError>
                 registration_timeout: h
                     .registration_timeout
                     .map_or(Duration::from_secs(60), |d| d.0),
+                max_swaps_per_hour: match h.max_swaps_per_hour.unwrap_or(6) {
+                    0 => {
+                        return Err(o.invalid(
+                            "hub.max_swaps_per_hour",
+                            "must be at least 1 (swaps to digests the hub names, per hour)",
+                        ))
+                    }
+                    n => n,
+                },
             })
         }
     };

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -24,6 +24,7 @@ use tracing::{info, warn};
 use super::api::{
     ActionResult, CheckRequest, DrainRequest, ErrorBody, Health, PinRequest, UpdateRequest,
 };
+use super::peer::Peer;
 use crate::config::Settings;
 use crate::registry::is_sha256_digest;
 use crate::update::{status_of, Journal, Phase, View};
@@ -60,6 +61,8 @@ pub struct Job {
     pub action: Action,
     pub reply: oneshot::Sender<ActionResult>,
     pub ticket: Ticket,
+    /// Who asked (`alice (uid 1000)`), from the connection's peer credentials.
+    pub user: Option<String>,
 }
 
 /// One action at a time: taken when a job is accepted, given back when it is
@@ -234,6 +237,7 @@ pub(crate) fn refusal(action: &Action, v: &View) -> Option<String> {
 async fn submit(
     s: &ControlState,
     action: Action,
+    peer: Peer,
 ) -> Result<oneshot::Receiver<ActionResult>, Response> {
     if let Some(why) = refusal(&action, &s.view.borrow()) {
         return Err(error(StatusCode::CONFLICT, why));
@@ -242,11 +246,16 @@ async fn submit(
         return Err(error(StatusCode::CONFLICT, QUEUED.into()));
     };
     let (reply, rx) = oneshot::channel();
+    // Who asked, for the history (reads the password database: off the async threads).
+    let user = tokio::task::spawn_blocking(move || peer.describe())
+        .await
+        .ok();
     s.jobs
         .send(Job {
             action,
             reply,
             ticket,
+            user,
         })
         .await
         .map_err(|_| {
@@ -278,19 +287,23 @@ fn started() -> Response {
 }
 
 /// Submits `action` and answers when it has run.
-async fn run(s: &ControlState, action: Action) -> Response {
-    match submit(s, action).await {
+async fn run(s: &ControlState, action: Action, peer: Peer) -> Response {
+    match submit(s, action, peer).await {
         Ok(rx) => answer(rx).await,
         Err(resp) => resp,
     }
 }
 
-async fn check(State(s): State<ControlState>, bytes: Bytes) -> Response {
+async fn check(
+    State(s): State<ControlState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    bytes: Bytes,
+) -> Response {
     let req: CheckRequest = match body(&bytes) {
         Ok(r) => r,
         Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
-    match submit(&s, Action::Check).await {
+    match submit(&s, Action::Check, peer).await {
         Ok(rx) if req.wait => answer(rx).await,
         Ok(_) => started(),
         Err(resp) => resp,
@@ -309,9 +322,13 @@ pub(crate) fn update_action(bytes: &[u8]) -> Result<Action, String> {
     Ok(Action::Update { digest: req.digest })
 }
 
-async fn update(State(s): State<ControlState>, bytes: Bytes) -> Response {
+async fn update(
+    State(s): State<ControlState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    bytes: Bytes,
+) -> Response {
     match update_action(&bytes) {
-        Ok(action) => run(&s, action).await,
+        Ok(action) => run(&s, action, peer).await,
         Err(why) => error(StatusCode::BAD_REQUEST, why),
     }
 }
@@ -328,19 +345,27 @@ pub(crate) fn drain_action(bytes: &[u8]) -> Result<(Action, bool), String> {
     Ok((Action::Drain { reason, timeout }, req.wait))
 }
 
-async fn drain(State(s): State<ControlState>, bytes: Bytes) -> Response {
+async fn drain(
+    State(s): State<ControlState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    bytes: Bytes,
+) -> Response {
     let (action, wait) = match drain_action(&bytes) {
         Ok(r) => r,
         Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
-    match submit(&s, action).await {
+    match submit(&s, action, peer).await {
         Ok(rx) if wait => answer(rx).await,
         Ok(_) => started(),
         Err(resp) => resp,
     }
 }
 
-async fn undrain(State(s): State<ControlState>, bytes: Bytes) -> Response {
+async fn undrain(
+    State(s): State<ControlState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    bytes: Bytes,
+) -> Response {
     if let Err(why) = body::<Empty>(&bytes) {
         return error(StatusCode::BAD_REQUEST, why);
     }
@@ -390,7 +415,7 @@ async fn undrain(State(s): State<ControlState>, bytes: Bytes) -> Response {
     // A drain job that just ended may still hold the ticket for a moment.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
-        match submit(&s, Action::Undrain).await {
+        match submit(&s, Action::Undrain, peer).await {
             Ok(rx) => return answer(rx).await,
             Err(_) if s.busy.load(Ordering::SeqCst) && tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -400,11 +425,15 @@ async fn undrain(State(s): State<ControlState>, bytes: Bytes) -> Response {
     }
 }
 
-async fn rollback(State(s): State<ControlState>, bytes: Bytes) -> Response {
+async fn rollback(
+    State(s): State<ControlState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    bytes: Bytes,
+) -> Response {
     if let Err(why) = body::<Empty>(&bytes) {
         return error(StatusCode::BAD_REQUEST, why);
     }
-    run(&s, Action::Rollback).await
+    run(&s, Action::Rollback, peer).await
 }
 
 /// The `pin` call's body as an action; an `Err` is the 400's text.
@@ -416,18 +445,26 @@ pub(crate) fn pin_action(bytes: &[u8]) -> Result<Action, String> {
     })
 }
 
-async fn pin(State(s): State<ControlState>, bytes: Bytes) -> Response {
+async fn pin(
+    State(s): State<ControlState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    bytes: Bytes,
+) -> Response {
     match pin_action(&bytes) {
-        Ok(action) => run(&s, action).await,
+        Ok(action) => run(&s, action, peer).await,
         Err(why) => error(StatusCode::BAD_REQUEST, why),
     }
 }
 
-async fn unpin(State(s): State<ControlState>, bytes: Bytes) -> Response {
+async fn unpin(
+    State(s): State<ControlState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    bytes: Bytes,
+) -> Response {
     if let Err(why) = body::<Empty>(&bytes) {
         return error(StatusCode::BAD_REQUEST, why);
     }
-    run(&s, Action::Unpin).await
+    run(&s, Action::Unpin, peer).await
 }
 
 async fn health(State(s): State<ControlState>) -> Response {

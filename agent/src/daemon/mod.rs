@@ -79,7 +79,7 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
         .with_hub(hub.clone());
     let mut updater = Updater::new(
         engine,
-        Ports::real(registry),
+        Ports::real(registry, &settings),
         settings.clone(),
         shutdown.clone(),
     )
@@ -197,7 +197,7 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
                     match registry_client(&new) {
                         Ok(registry) => {
                             renew_notifier(&notifier, &settings, &new);
-                            updater.reload(new.clone(), Arc::new(registry));
+                            updater.reload(new.clone(), Ports::real(registry, &new));
                             settings_tx.send_replace(new.clone());
                             settings = new;
                         }
@@ -425,8 +425,10 @@ async fn run_job<E: crate::docker::Engine>(updater: &mut Updater<E>, job: Job) {
         action,
         reply,
         ticket,
+        user,
     } = job;
-    info!(action = ?action, "action asked for on the control socket");
+    info!(action = ?action, user = user.as_deref().unwrap_or("-"), "action asked for on the control socket");
+    updater.set_actor(user);
     // Each action begins with recovery (an update an error left midway is
     // resumed first), except undrain (recovery would resume the drain it
     // ends) and unpin (it changes no container).
@@ -449,6 +451,7 @@ async fn run_job<E: crate::docker::Engine>(updater: &mut Updater<E>, job: Job) {
             error!(error = %crate::error_chain(e), "action failed")
         }
     }
+    updater.set_actor(None);
     drop(ticket);
     let _ = reply.send(action_result(r, updater.state().current_digest.clone()));
 }

@@ -44,6 +44,15 @@ impl SwapLimiter {
         }
     }
 
+    /// Allows `burst` (at least 1) swaps per window from now on (a reloaded
+    /// `hub.max_swaps_per_hour`); the swaps counted so far stay.
+    pub fn set_burst(&mut self, burst: usize) {
+        self.burst = burst.max(1);
+        while self.recent.len() > self.burst {
+            self.recent.pop_front();
+        }
+    }
+
     /// `Ok` when a hub-triggered swap may start at `now`; else `Err(when)`:
     /// the earliest moment it may (for the status: "deferred until ...").
     pub fn check(&self, now: OffsetDateTime) -> Result<(), OffsetDateTime> {

@@ -143,6 +143,7 @@ impl<E: Engine> Updater<E> {
                 error: Some(why.clone()),
                 downtime_ms: None,
                 reason: None,
+                user: None,
             });
             self.gate_blocked = Some(key);
         }

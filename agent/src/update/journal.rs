@@ -131,6 +131,12 @@ pub struct State {
     /// only after `retry.until`, and marked bad at `image.max_attempts`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry: Option<Retry>,
+    /// When the agent first saw each recent digest (Unix seconds), for
+    /// `image.verify.min_age`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub first_seen: BTreeMap<String, i64>,
+    /// The swaps the hub triggered lately (at most a few an hour).
+    pub hub_swaps: crate::trust::SwapLimiter,
     pub pending: Option<Pending>,
 }
 
@@ -151,6 +157,7 @@ impl State {
 
     /// Marks `digest` bad; it is no longer an earlier good digest to roll back to.
     pub fn mark_bad(&mut self, digest: &str, reason: &str, at: OffsetDateTime) {
+        let reason = &crate::text::sanitize(reason, crate::text::MAX_TEXT * 4);
         self.previous_good.retain(|d| d != digest);
         self.bad_digests.retain(|b| b.digest != digest);
         self.bad_digests.push(BadDigest {
@@ -249,6 +256,10 @@ pub struct HistoryEntry {
     pub outcome: Outcome,
     pub trigger: Trigger,
     pub error: Option<String>,
+    /// Who asked for it, for an operator's action (`alice (uid 1000)`, from
+    /// the control socket's peer credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub downtime_ms: Option<u64>,
     /// The operator's reason (a maintenance drain's `--reason`).
@@ -446,6 +457,7 @@ mod tests {
             error: None,
             downtime_ms: Some(12),
             reason: None,
+            user: None,
         }
     }
 

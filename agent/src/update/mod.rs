@@ -27,6 +27,7 @@ pub mod ports;
 pub mod status;
 mod updater;
 
+mod admit;
 mod converge;
 mod drain;
 mod gpu_gate;
@@ -41,7 +42,7 @@ pub use gpu_gate::limits as gpu_limits;
 pub use journal::{HistoryEntry, Journal, Kind, Outcome, State, Trigger};
 pub use machine::{allows, held, Action, Machine, Phase};
 pub use outcome::{Blame, CheckOutcome, Failure, UpdateError};
-pub use ports::{Ports, SystemClock};
+pub use ports::{ImageTrust, Ports, SystemClock};
 pub use status::{status_of, HubStatus, Status, View};
 pub use updater::Updater;
 

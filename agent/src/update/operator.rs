@@ -55,6 +55,7 @@ impl<E: Engine> Updater<E> {
             error,
             downtime_ms: None,
             reason,
+            user: None,
         });
     }
 
@@ -87,7 +88,8 @@ impl<E: Engine> Updater<E> {
         self.drain_cancel.store(false, Ordering::SeqCst);
         self.state.drained = true;
         self.state.drain_complete = false;
-        self.state.drain_reason = reason;
+        // An operator's text: escaped and capped before it is kept.
+        self.state.drain_reason = reason.map(|r| crate::text::sanitize(&r, crate::text::MAX_TEXT));
         self.state.drained_at = Some(self.now());
         self.save()?;
         info!(
@@ -305,6 +307,7 @@ impl<E: Engine> Updater<E> {
                 error: None,
                 downtime_ms: None,
                 reason: None,
+                user: None,
             });
             return Ok(CheckOutcome::UpToDate);
         }
@@ -332,6 +335,7 @@ impl<E: Engine> Updater<E> {
                 error: None,
                 downtime_ms: None,
                 reason: None,
+                user: None,
             });
         }
         Ok(CheckOutcome::Unpinned)

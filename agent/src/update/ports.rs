@@ -18,10 +18,11 @@ use hub_client::{Desired, HubError, WorkerView};
 use time::OffsetDateTime;
 use url::Url;
 
-use crate::config::HubSettings;
+use crate::config::{HubSettings, Settings};
 use crate::registry::{
     EngineCredentials, ImageName, Policy, RegistryClient, RegistryError, Resolved,
 };
+use crate::trust::{TrustError, Verifier};
 use crate::worker::{ProbeError, WorkerClient};
 
 /// The registry, as the update needs it.
@@ -98,6 +99,83 @@ impl Probe for WorkerClient {
     }
 }
 
+/// What may be deployed at all (`[image.verify]`): a cosign signature by a
+/// trusted key, and an age.
+pub trait Trust: Send + Sync {
+    /// `Ok` when `digest` carries a valid signature by a trusted key (or no
+    /// keys are configured).
+    fn verify<'a>(
+        &'a self,
+        image: &'a ImageName,
+        digest: &'a str,
+    ) -> BoxFuture<'a, Result<(), TrustError>>;
+
+    /// When `digest`, first seen at `first_seen`, may be deployed under
+    /// `min_age` (`None`: no `min_age`).
+    fn deployable_at<'a>(
+        &'a self,
+        image: &'a ImageName,
+        digest: &'a str,
+        first_seen: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<Option<OffsetDateTime>, RegistryError>>;
+}
+
+/// `[image.verify]` through the agent's registry client.
+pub struct ImageTrust {
+    registry: RegistryClient,
+    verifier: Option<Verifier>,
+    min_age: Option<std::time::Duration>,
+}
+
+impl ImageTrust {
+    /// `None` without `[image.verify]`.
+    pub fn of(settings: &Settings, registry: &RegistryClient) -> Option<ImageTrust> {
+        let v = settings.image.verify.as_ref()?;
+        Some(ImageTrust {
+            registry: registry.clone(),
+            verifier: v
+                .cosign_keys
+                .clone()
+                .map(|k| Verifier::new(registry.clone(), k)),
+            min_age: v.min_age,
+        })
+    }
+}
+
+impl Trust for ImageTrust {
+    fn verify<'a>(
+        &'a self,
+        image: &'a ImageName,
+        digest: &'a str,
+    ) -> BoxFuture<'a, Result<(), TrustError>> {
+        async move {
+            match &self.verifier {
+                Some(v) => v.verify(image, digest).await.map(|_| ()),
+                None => Ok(()),
+            }
+        }
+        .boxed()
+    }
+
+    fn deployable_at<'a>(
+        &'a self,
+        image: &'a ImageName,
+        digest: &'a str,
+        first_seen: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<Option<OffsetDateTime>, RegistryError>> {
+        async move {
+            let Some(min_age) = self.min_age else {
+                return Ok(None);
+            };
+            let created = crate::trust::image_created(&self.registry, image, digest).await?;
+            Ok(Some(crate::trust::deployable_at(
+                created, first_seen, min_age,
+            )))
+        }
+        .boxed()
+    }
+}
+
 /// The wall clock: the times written into the journal and the history.
 pub trait Clock: Send + Sync {
     fn now(&self) -> OffsetDateTime;
@@ -118,12 +196,16 @@ pub struct Ports {
     pub registry: Arc<dyn Registry>,
     pub probe: Arc<dyn Probe>,
     pub clock: Arc<dyn Clock>,
+    /// `[image.verify]`; `None` without it.
+    pub trust: Option<Arc<dyn Trust>>,
 }
 
 impl Ports {
-    /// The registry client given, the real worker probe and the system clock.
-    pub fn real(registry: RegistryClient) -> Self {
+    /// The registry client given, the real worker probe, the system clock
+    /// and `[image.verify]` through the same registry client.
+    pub fn real(registry: RegistryClient, settings: &Settings) -> Self {
         Ports {
+            trust: ImageTrust::of(settings, &registry).map(|t| Arc::new(t) as Arc<dyn Trust>),
             registry: Arc::new(registry),
             probe: Arc::new(WorkerClient::new()),
             clock: Arc::new(SystemClock),

@@ -150,6 +150,9 @@ impl<E: Engine> Updater<E> {
                 return Ok(Err(CheckOutcome::Failed(msg)));
             }
         }
+        if let Some(refused) = self.admit(target, trigger, kind).await? {
+            return Ok(Err(refused));
+        }
         let snap = match self.gpu_gate(target, trigger, kind).await {
             Ok(snap) => snap,
             Err(why) => return Ok(Err(CheckOutcome::Failed(why))),

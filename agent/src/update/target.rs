@@ -125,6 +125,12 @@ impl<E: Engine> Updater<E> {
                 return Ok(CheckOutcome::Deferred(why));
             }
         }
+        if source == "hub" || source == "nudge" {
+            if let Some(later) = self.hub_swap_budget(&target) {
+                self.settle()?;
+                return Ok(later);
+            }
+        }
         info!(source, digest = %target, from = self.state.current_digest.as_deref().unwrap_or("-"),
               "new digest");
         self.deploy(&target, trigger, super::Kind::Update, None)
@@ -134,7 +140,14 @@ impl<E: Engine> Updater<E> {
     /// A nudge from the hub: check now; a nudge naming a digest means that
     /// digest. Like a poll, it respects a drain, a pin and bad marks.
     pub async fn nudged(&mut self, nudge: &hub_client::Nudge) -> Result<CheckOutcome, UpdateError> {
-        let Some(digest) = nudge.digest.clone() else {
+        let decides = self
+            .hub
+            .as_ref()
+            .is_some_and(|h| h.settings().desired_from_hub);
+        let Some(digest) = nudge.digest.clone().filter(|_| decides) else {
+            if nudge.digest.is_some() {
+                info!("a nudge names a digest, but the hub does not decide the digest (hub.desired_from_hub = false): checking the registry instead");
+            }
             return self.check(Trigger::Nudge).await;
         };
         if let Some(held) = self.before_check(Trigger::Nudge).await? {

@@ -25,7 +25,7 @@ use super::events::{Event, Subscriber, Subscribers};
 use super::journal::{HistoryEntry, Journal, Outcome, Pending, State};
 use super::machine::{InvalidTransition, Machine, Phase};
 use super::outcome::UpdateError;
-use super::ports::{Clock, Hub, Ports, Probe, Registry};
+use super::ports::{Clock, Hub, Ports, Probe, Registry, Trust};
 use super::status::View;
 use crate::config::{Settings, WorkerSettings};
 use crate::docker::{Engine, WorkerSpec};
@@ -52,6 +52,11 @@ pub struct Updater<E: Engine> {
     pub(super) registry: Arc<dyn Registry>,
     pub(super) probe: Arc<dyn Probe>,
     pub(super) clock: Arc<dyn Clock>,
+    /// `[image.verify]`: which digests may be deployed at all.
+    pub(super) trust: Option<Arc<dyn Trust>>,
+    /// Who asked for the action now running (the control socket's peer),
+    /// named in its history entries.
+    pub(super) actor: Option<String>,
     /// The hub, with `[hub]` in the config: desired digests, drain notices,
     /// the registration check, the in-flight count.
     pub(super) hub: Option<Arc<dyn Hub>>,
@@ -120,6 +125,8 @@ impl<E: Engine> Updater<E> {
             registry: ports.registry,
             probe: ports.probe,
             clock: ports.clock,
+            trust: ports.trust,
+            actor: None,
             hub: None,
             worker: Arc::new(settings.worker.clone()),
             settings,
@@ -157,7 +164,7 @@ impl<E: Engine> Updater<E> {
 
     /// Takes a reloaded config: the registry policy applies from the next
     /// check, the worker settings to the next container created.
-    pub fn reload(&mut self, settings: Arc<Settings>, registry: Arc<dyn Registry>) {
+    pub fn reload(&mut self, settings: Arc<Settings>, ports: Ports) {
         self.gpu_unavailable = None;
         if !settings.gpu.check && self.gpu.take().is_some() {
             info!("gpu.check is off now: updates no longer wait on the GPU gate");
@@ -167,7 +174,13 @@ impl<E: Engine> Updater<E> {
         }
         self.worker = Arc::new(settings.worker.clone());
         self.settings = settings;
-        self.registry = registry;
+        self.registry = ports.registry;
+        self.trust = ports.trust;
+    }
+
+    /// Who asked for the action about to run (`None`: the agent itself).
+    pub fn set_actor(&mut self, actor: Option<String>) {
+        self.actor = actor;
     }
 
     pub fn state(&self) -> &State {
@@ -404,7 +417,19 @@ impl<E: Engine> Updater<E> {
 
     /// Appends `entry` to the history and tells the subscribers; `started`
     /// is when its update began.
-    pub(super) fn record_since(&self, entry: HistoryEntry, started: Option<OffsetDateTime>) {
+    pub(super) fn record_since(&self, mut entry: HistoryEntry, started: Option<OffsetDateTime>) {
+        // Text from outside (an engine's or registry's error, a worker's
+        // output, an operator's reason) is escaped and capped before it is kept.
+        let clean = |t: &mut Option<String>| {
+            if let Some(s) = t.as_mut() {
+                *s = crate::text::sanitize(s, crate::text::MAX_TEXT * 4);
+            }
+        };
+        clean(&mut entry.error);
+        clean(&mut entry.reason);
+        if entry.trigger == super::Trigger::Cli && entry.user.is_none() {
+            entry.user = self.actor.clone();
+        }
         info!(
             kind = ?entry.kind, outcome = ?entry.outcome, from = entry.from.as_deref().unwrap_or("-"),
             to = entry.to.as_deref().unwrap_or("-"), downtime_ms = ?entry.downtime_ms,
@@ -453,6 +478,7 @@ impl<E: Engine> Updater<E> {
                 error,
                 downtime_ms,
                 reason: None,
+                user: None,
             },
             Some(p.started_at),
         );

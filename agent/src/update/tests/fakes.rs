@@ -17,7 +17,8 @@ use crate::config::HubSettings;
 use crate::registry::{
     select_version, EngineCredentials, ImageName, Policy, RegistryError, Resolved,
 };
-use crate::update::ports::{Clock, Hub, Probe, Registry};
+use crate::trust::TrustError;
+use crate::update::ports::{Clock, Hub, Probe, Registry, Trust};
 use crate::worker::ProbeError;
 
 /// A registry whose tags point where the test says.
@@ -268,5 +269,44 @@ impl Default for FakeClock {
 impl Clock for FakeClock {
     fn now(&self) -> OffsetDateTime {
         self.base + self.start.elapsed()
+    }
+}
+
+/// `[image.verify]` as the test says: the digests whose signatures verify,
+/// and when each may be deployed.
+#[derive(Default)]
+pub struct FakeTrust {
+    pub signed: Mutex<Vec<String>>,
+    /// `min_age`: deployable this long after first seen.
+    pub min_age: Option<time::Duration>,
+}
+
+impl Trust for FakeTrust {
+    fn verify<'a>(
+        &'a self,
+        image: &'a ImageName,
+        digest: &'a str,
+    ) -> BoxFuture<'a, Result<(), TrustError>> {
+        let ok = self.signed.lock().unwrap().iter().any(|d| d == digest);
+        let r = if ok {
+            Ok(())
+        } else {
+            Err(TrustError::Unsigned {
+                repository: image.to_string(),
+                digest: digest.to_string(),
+                tag: format!("{}.sig", digest.replace(':', "-")),
+            })
+        };
+        async move { r }.boxed()
+    }
+
+    fn deployable_at<'a>(
+        &'a self,
+        _image: &'a ImageName,
+        _digest: &'a str,
+        first_seen: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<Option<OffsetDateTime>, RegistryError>> {
+        let at = self.min_age.map(|a| first_seen + a);
+        async move { Ok(at) }.boxed()
     }
 }

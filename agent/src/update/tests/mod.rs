@@ -22,6 +22,7 @@ mod operator;
 mod outage;
 mod ports;
 mod sequence;
+mod trust;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -32,7 +33,7 @@ use tracing_subscriber::layer::SubscriberExt;
 
 use time::OffsetDateTime;
 
-use self::fakes::{FakeClock, FakeHub, FakeProbe, FakeRegistry};
+use self::fakes::{FakeClock, FakeHub, FakeProbe, FakeRegistry, FakeTrust};
 use super::journal::Pending;
 use super::*;
 use crate::config::Settings;
@@ -165,6 +166,7 @@ impl Harness {
             registry: registry.clone(),
             probe: probe.clone(),
             clock: Arc::new(FakeClock::default()),
+            trust: None,
         };
         let mut up = Updater::new(fake.clone(), ports, settings, CancellationToken::new()).unwrap();
         up.set_hub(hub.clone().map(|h| h as Arc<dyn super::ports::Hub>));
@@ -180,12 +182,34 @@ impl Harness {
         }
     }
 
+    /// [`Harness::serving`] with `[image.verify]` as `trust` says.
+    fn trusting(trust: FakeTrust, extra: &str) -> (Self, String) {
+        let (mut h, old) = Harness::serving(V1, &[V2], extra);
+        let settings = h.up.settings.clone();
+        let hub = h.hub.clone();
+        h.up = Updater::new(
+            h.fake.clone(),
+            Ports {
+                registry: h.registry.clone(),
+                probe: h.probe.clone(),
+                clock: Arc::new(FakeClock::default()),
+                trust: Some(Arc::new(trust)),
+            },
+            settings,
+            CancellationToken::new(),
+        )
+        .unwrap();
+        h.up.set_hub(hub.map(|h| h as Arc<dyn super::ports::Hub>));
+        (h, old)
+    }
+
     /// Fresh fake ports (for a second updater over the same engine).
     fn ports() -> Ports {
         Ports {
             registry: Arc::new(FakeRegistry::default()),
             probe: Arc::new(FakeProbe::default()),
             clock: Arc::new(FakeClock::default()),
+            trust: None,
         }
     }
 
