@@ -641,6 +641,8 @@ mod tests {
                 downtime_ms: Some(250),
                 reason: None,
                 user: None,
+                marked_bad: None,
+                gpu_hold: None,
             },
             Some(at - time::Duration::seconds(12)),
         );
@@ -683,6 +685,8 @@ mod tests {
             downtime_ms: None,
             reason: None,
             user: None,
+            marked_bad: None,
+            gpu_hold: None,
         }
     }
 

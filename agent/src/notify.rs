@@ -408,6 +408,8 @@ mod tests {
             downtime_ms: Some(1200),
             reason: None,
             user: None,
+            marked_bad: None,
+            gpu_hold: None,
         }
     }
 

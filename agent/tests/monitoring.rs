@@ -161,6 +161,8 @@ fn agent_text() -> String {
             downtime_ms: Some(100),
             reason: None,
             user: None,
+            marked_bad: None,
+            gpu_hold: None,
         },
         Some(now - time::Duration::seconds(3)),
     );

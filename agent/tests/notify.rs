@@ -82,6 +82,8 @@ fn entry(outcome: Outcome, error: Option<&str>) -> HistoryEntry {
         downtime_ms: Some(900),
         reason: None,
         user: None,
+        marked_bad: None,
+        gpu_hold: None,
     }
 }
 

@@ -102,6 +102,8 @@ mod tests {
                 downtime_ms: Some(0),
                 reason: None,
                 user: None,
+                marked_bad: None,
+                gpu_hold: None,
             },
             HistoryEntry {
                 at: datetime!(2026-11-22 07:10:00.5 UTC),
@@ -114,6 +116,8 @@ mod tests {
                 downtime_ms: Some(17_250),
                 reason: None,
                 user: None,
+                marked_bad: None,
+                gpu_hold: None,
             },
             HistoryEntry {
                 at: datetime!(2026-11-22 07:20:00 UTC),
@@ -126,6 +130,8 @@ mod tests {
                 downtime_ms: None,
                 reason: Some("bios update".into()),
                 user: None,
+                marked_bad: None,
+                gpu_hold: None,
             },
         ];
         assert_eq!(

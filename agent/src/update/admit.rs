@@ -92,6 +92,8 @@ impl<E: Engine> Updater<E> {
                     downtime_ms: None,
                     reason: None,
                     user: None,
+                    marked_bad: None,
+                    gpu_hold: None,
                 });
                 self.last_error = Some(why.clone());
                 self.settle()?;

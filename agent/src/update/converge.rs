@@ -38,6 +38,10 @@ impl<E: Engine> Updater<E> {
     /// managed worker, starts the last good digest when nothing runs. Run at
     /// start and before every check.
     pub async fn reconcile(&mut self) -> Result<(), UpdateError> {
+        if self.recovered && self.state.pending.is_none() {
+            self.verify_unknown_worker().await?;
+            self.recovered = false;
+        }
         let Some(p) = self.state.pending.clone() else {
             return self.ensure_running().await;
         };
@@ -94,6 +98,39 @@ impl<E: Engine> Updater<E> {
             }
         }
         self.ensure_running().await
+    }
+
+    /// After the state was rebuilt from the history: a managed worker that
+    /// runs a digest other than the last good one was being verified when
+    /// the state was lost. It is not adopted as it is: the verification is
+    /// resumed (committed if it passes, rolled back to the last good digest
+    /// if not).
+    async fn verify_unknown_worker(&mut self) -> Result<(), UpdateError> {
+        let Some(good) = self.state.last_good_digest.clone() else {
+            return Ok(());
+        };
+        let running = self.engine.list_managed().await?;
+        let Some(other) = running
+            .iter()
+            .filter(|c| c.running)
+            .find_map(|c| c.digest.clone().filter(|d| *d != good))
+        else {
+            return Ok(());
+        };
+        warn!(digest = %other, last_good = %good,
+              "a worker the history never saw verified runs: verifying it before it is kept");
+        self.state.pending = Some(Pending {
+            from: Some(good),
+            to: other,
+            trigger: Trigger::Startup,
+            step: Phase::Verifying,
+            started_at: self.now(),
+            error: None,
+            kind: super::Kind::Update,
+            pin: None,
+        });
+        self.save()?;
+        Ok(())
     }
 
     /// Refuses to touch a container holding the worker's name that another

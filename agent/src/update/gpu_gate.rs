@@ -144,6 +144,8 @@ impl<E: Engine> Updater<E> {
                 downtime_ms: None,
                 reason: None,
                 user: None,
+                marked_bad: None,
+                gpu_hold: None,
             });
             self.gate_blocked = Some(key);
         }

@@ -165,8 +165,17 @@ impl State {
             reason: reason.to_string(),
             at,
         });
-        let excess = self.bad_digests.len().saturating_sub(KEEP);
-        self.bad_digests.drain(..excess);
+        // Over the bound, marks from repeated pull or create failures go
+        // first (a flood of digests the registry does not have), then the
+        // oldest: an operator's or a rollback's mark outlives them.
+        while self.bad_digests.len() > KEEP {
+            let i = self
+                .bad_digests
+                .iter()
+                .position(|b| b.reason.ends_with("times)"))
+                .unwrap_or(0);
+            self.bad_digests.remove(i);
+        }
     }
 
     /// Rebuilds what the history knows after the state file was lost: the
@@ -193,7 +202,9 @@ impl State {
                         _ => {}
                     }
                 }
-                (_, Outcome::RolledBack, Some(to)) if deploys => {
+                (_, Outcome::RolledBack | Outcome::Failed, Some(to))
+                    if deploys && e.marked_bad.unwrap_or(e.outcome == Outcome::RolledBack) =>
+                {
                     self.mark_bad(to, e.error.as_deref().unwrap_or("rolled back"), e.at)
                 }
                 (Kind::Unpin, Outcome::Success, _) => {
@@ -214,8 +225,12 @@ impl State {
                 }
                 _ => {}
             }
+            self.gpu_hold = e.gpu_hold.clone();
         }
         self.current_digest = None;
+        // Whether the hub heard the end of a drain is not in the history:
+        // tell it again (a `false` it already has is harmless).
+        self.hub_draining = !history.is_empty();
     }
 
     /// The good digest an operator's rollback goes back to: the last good
@@ -265,6 +280,14 @@ pub struct HistoryEntry {
     /// The operator's reason (a maintenance drain's `--reason`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// For a failed or rolled-back deploy: whether it left `to` marked bad
+    /// (`None` in entries written before this was recorded), so a state
+    /// rebuilt from the history marks what was marked, no more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub marked_bad: Option<bool>,
+    /// The hold after a GPU fault in force when the entry was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_hold: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -458,6 +481,8 @@ mod tests {
             downtime_ms: Some(12),
             reason: None,
             user: None,
+            marked_bad: None,
+            gpu_hold: None,
         }
     }
 

@@ -56,6 +56,8 @@ impl<E: Engine> Updater<E> {
             downtime_ms: None,
             reason,
             user: None,
+            marked_bad: None,
+            gpu_hold: None,
         });
     }
 
@@ -308,6 +310,8 @@ impl<E: Engine> Updater<E> {
                 downtime_ms: None,
                 reason: None,
                 user: None,
+                marked_bad: None,
+                gpu_hold: None,
             });
             return Ok(CheckOutcome::UpToDate);
         }
@@ -336,6 +340,8 @@ impl<E: Engine> Updater<E> {
                 downtime_ms: None,
                 reason: None,
                 user: None,
+                marked_bad: None,
+                gpu_hold: None,
             });
         }
         Ok(CheckOutcome::Unpinned)

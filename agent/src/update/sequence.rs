@@ -194,7 +194,14 @@ impl<E: Engine> Updater<E> {
             let marked = counts && self.strike(target, &msg);
             warn!(digest = %target, error = %msg, counted = counts, marked_bad = marked,
                   "could not prepare the new worker; the old one keeps serving");
-            self.end_before_swap(p, msg.clone()).await?;
+            // A digest the hub named that the registry does not have leaves
+            // no history line each time (a flood of them would bury the
+            // history); its mark, at the third, does.
+            let hub_named = matches!(p.trigger, Trigger::Nudge | Trigger::Hub);
+            let quiet = hub_named
+                && !marked
+                && matches!(&e, UpdateError::Engine(x) if x.is_permanent_pull_failure());
+            self.end_before_swap(p, msg.clone(), !quiet).await?;
             return Ok(Some(Stop::Before(CheckOutcome::Failed(msg))));
         }
         if let Some(snap) = snap {
@@ -202,7 +209,7 @@ impl<E: Engine> Updater<E> {
                 warn!(digest = %target, error = %msg, "CUDA version check failed; the old worker keeps serving");
                 let at = self.now();
                 self.state.mark_bad(target, &msg, at);
-                self.end_before_swap(p, msg.clone()).await?;
+                self.end_before_swap(p, msg.clone(), true).await?;
                 return Ok(Some(Stop::Before(CheckOutcome::Failed(msg))));
             }
         }
@@ -212,11 +219,18 @@ impl<E: Engine> Updater<E> {
 
     /// The update failed before the drain: the prepared container goes, the
     /// history says why, the old worker was never touched.
-    async fn end_before_swap(&mut self, p: &Pending, msg: String) -> Result<(), UpdateError> {
+    async fn end_before_swap(
+        &mut self,
+        p: &Pending,
+        msg: String,
+        record: bool,
+    ) -> Result<(), UpdateError> {
         self.remove_named(&self.next_name()).await;
         self.state.pending = None;
         self.save_going_on();
-        self.history(p, Outcome::Failed, Some(msg.clone()), None);
+        if record {
+            self.history(p, Outcome::Failed, Some(msg.clone()), None);
+        }
         self.last_error = Some(msg);
         if self.state.current_digest.is_some() {
             self.settle()

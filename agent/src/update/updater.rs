@@ -74,6 +74,9 @@ pub struct Updater<E: Engine> {
     unwritten: Mutex<Unwritten>,
     /// Whether this turn's recovery ([`Updater::converge`]) succeeded.
     pub(super) converged: bool,
+    /// The state was rebuilt from the history at start: a running worker on
+    /// a digest that was never verified is verified before it is kept.
+    pub(super) recovered: bool,
     pub(super) shutdown: CancellationToken,
     /// Set by `agentctl undrain` to end a maintenance drain's wait.
     pub(super) drain_cancel: Arc<AtomicBool>,
@@ -140,6 +143,7 @@ impl<E: Engine> Updater<E> {
             subscribers: Subscribers::default(),
             unwritten: Mutex::default(),
             converged: false,
+            recovered,
             shutdown,
             drain_cancel: Arc::default(),
             gpu_unavailable: None,
@@ -430,6 +434,11 @@ impl<E: Engine> Updater<E> {
         if entry.trigger == super::Trigger::Cli && entry.user.is_none() {
             entry.user = self.actor.clone();
         }
+        // What a state rebuilt from the history needs: the marks and the hold.
+        if matches!(entry.outcome, Outcome::RolledBack | Outcome::Failed) {
+            entry.marked_bad = entry.to.as_deref().map(|t| self.state.is_bad(t));
+        }
+        entry.gpu_hold = self.state.gpu_hold.clone();
         info!(
             kind = ?entry.kind, outcome = ?entry.outcome, from = entry.from.as_deref().unwrap_or("-"),
             to = entry.to.as_deref().unwrap_or("-"), downtime_ms = ?entry.downtime_ms,
@@ -479,6 +488,8 @@ impl<E: Engine> Updater<E> {
                 downtime_ms,
                 reason: None,
                 user: None,
+                marked_bad: None,
+                gpu_hold: None,
             },
             Some(p.started_at),
         );

@@ -182,3 +182,95 @@ async fn a_worker_that_refuses_delete_with_no_job_left_is_restarted_at_once() {
     h.in_order(&[format!("stop {old}"), format!("start {old}")]);
     assert!(h.last().error.unwrap_or_default().contains("restarted"));
 }
+
+/// An updater over `h`'s engine whose state file was lost (garbage on disk):
+/// it is rebuilt from the history.
+fn after_state_loss(h: &Harness) -> Updater<FakeEngine> {
+    let dir = h.up.settings.agent.state_dir.clone();
+    std::fs::write(dir.join("state.json"), b"{ torn").unwrap();
+    Updater::new(
+        h.fake.clone(),
+        Harness::ports(),
+        h.up.settings.clone(),
+        CancellationToken::new(),
+    )
+    .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_state_rebuilt_from_the_history_keeps_the_marks_as_they_were() {
+    let (mut h, old) = Harness::serving(V1, &[V2], "");
+    // A rollback that blamed nothing (no mark), then one that marked V0 bad.
+    h.fake
+        .fail_while_running("inspect", V2, fake::unreachable());
+    let out = h.up.update_to(V2, Trigger::Poll).await.unwrap();
+    assert_rolled_back(&h, out, &old, false);
+    h.fake.add_image(&image(V0));
+    h.fake.on_start(V0, OnStart::Exits(3));
+    h.up.forgive(V0).unwrap();
+    let out = h.up.update_to(V0, Trigger::Cli).await.unwrap();
+    assert!(matches!(out, CheckOutcome::RolledBack { .. }), "{out:?}");
+    let before = h.saved();
+    assert!(before.is_bad(V0) && !before.is_bad(V2));
+
+    let again = after_state_loss(&h);
+    let s = again.state();
+    assert!(s.is_bad(V0), "the mark is rebuilt: {s:?}");
+    assert!(
+        !s.is_bad(V2),
+        "a rollback that marked nothing marks nothing: {s:?}"
+    );
+    assert!(
+        s.hub_draining,
+        "the hub is told again that the worker takes jobs"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_gpu_hold_survives_a_state_loss() {
+    let held = State {
+        gpu_hold: Some("GPU fault: GPU 0: XID 79".into()),
+        ..committed(V1)
+    };
+    let mut h = Harness::new(held, "");
+    h.fake.add_image(&image(V1));
+    h.fake.add_container(W, V1, true);
+    h.up.drain_for_maintenance(Some("reset the GPU".into()), None)
+        .await
+        .unwrap();
+    let again = after_state_loss(&h);
+    assert_eq!(
+        again.state().gpu_hold.as_deref(),
+        Some("GPU fault: GPU 0: XID 79")
+    );
+    assert!(again.state().drained);
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_state_loss_an_unverified_worker_is_verified_not_adopted() {
+    let mut h = Harness::new(State::default(), "");
+    h.fake.add_image(&image(V1));
+    h.fake.add_image(&image(V2));
+    assert_eq!(
+        h.up.update_to(V1, Trigger::Cli).await.unwrap(),
+        CheckOutcome::Updated(V1.into())
+    );
+    let old = h.only_worker(V1).id;
+    // V2 runs (a swap the state never recorded as verified), V1 waits stopped.
+    let mut again = after_state_loss(&h);
+    h.fake
+        .stop(&old, std::time::Duration::from_secs(1))
+        .await
+        .unwrap();
+    h.fake.rename(&old, PREV).await.unwrap();
+    let new = h.fake.add_container(W, V2, true);
+    again.reconcile().await.unwrap();
+    // Verified through the update path: a history line, then committed.
+    let e = again.journal().history().unwrap().pop().unwrap();
+    assert_eq!(
+        (e.kind, e.outcome, e.trigger, e.to.as_deref()),
+        (Kind::Update, Outcome::Success, Trigger::Startup, Some(V2))
+    );
+    assert_eq!(again.state().last_good_digest.as_deref(), Some(V2));
+    assert_eq!(h.fake.container(W).unwrap().id, new);
+}

@@ -143,3 +143,36 @@ async fn an_operators_action_names_the_user_and_untrusted_text_is_escaped() {
     assert!(!reason.contains('\u{1b}'), "{reason:?}");
     assert!(!h.saved().drain_reason.unwrap().contains('\u{1b}'));
 }
+
+#[tokio::test(start_paused = true)]
+async fn nudges_naming_digests_the_registry_lacks_leave_no_line_each_and_keep_real_marks() {
+    let extra = "[hub]\nurl = \"http://127.0.0.1:9/\"\ndesired_from_hub = true\nmax_swaps_per_hour = 1000\n";
+    let (mut h, old) = Harness::serving(V1, &[V2], extra);
+    h.hub.as_ref().unwrap().sees(&[any_worker()]);
+    // An operator's rollback mark, made before the flood.
+    h.fake.on_start(V2, OnStart::Exits(3));
+    h.up.update_to(V2, Trigger::Cli).await.unwrap();
+    assert!(h.saved().is_bad(V2));
+    let lines = h.history().len();
+    for i in 0..40u32 {
+        let bogus = format!("sha256:{:064x}", 0xdead_0000u64 + u64::from(i));
+        h.fake
+            .fail_times("pull", 3, fake::pull_err("manifest unknown"));
+        for _ in 0..3 {
+            let n = Nudge {
+                reason: "flood".into(),
+                digest: Some(bogus.clone()),
+            };
+            h.up.nudged(&n).await.unwrap();
+        }
+    }
+    // One line per digest marked (at its third strike), none per nudge.
+    assert_eq!(h.history().len() - lines, 40);
+    let s = h.saved();
+    assert!(
+        s.is_bad(V2),
+        "the rollback's mark is kept: {:?}",
+        s.bad_digests
+    );
+    assert_eq!(h.only_worker(V1).id, old);
+}
