@@ -485,6 +485,9 @@ fn registry_client(settings: &Settings) -> anyhow::Result<RegistryClient> {
                 .map_err(|why| anyhow::anyhow!("agent.ca_file: {why}"))?,
             None => Vec::new(),
         },
+        on_answer: Some(crate::registry::AnswerObserver(Arc::new(
+            crate::metrics::registry_request,
+        ))),
         ..ClientOptions::default()
     };
     // Test builds only: a registry slower than the request timeout can be

@@ -56,6 +56,7 @@ impl RegistryClient {
         let retry = RetryPolicy {
             retries: opts.retries,
             base_delay: opts.retry_base_delay,
+            on_answer: opts.on_answer.clone(),
         };
         Ok(RegistryClient {
             inner: Arc::new(Inner {

@@ -94,6 +94,19 @@ pub struct ClientOptions {
     pub helper_dir: Option<PathBuf>,
     /// Extra CA certificates trusted beside the system's roots (`agent.ca_file`).
     pub extra_roots: Vec<reqwest::Certificate>,
+    /// Told the status of every answer (`None`: no answer), for metrics: the
+    /// registry client counts nothing itself.
+    pub on_answer: Option<AnswerObserver>,
+}
+
+/// A function told the status of each registry answer (see [`ClientOptions::on_answer`]).
+#[derive(Clone)]
+pub struct AnswerObserver(pub std::sync::Arc<dyn Fn(Option<u16>) + Send + Sync>);
+
+impl std::fmt::Debug for AnswerObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AnswerObserver")
+    }
 }
 
 impl Default for ClientOptions {
@@ -107,6 +120,7 @@ impl Default for ClientOptions {
             retry_base_delay: Duration::from_millis(500),
             helper_dir: None,
             extra_roots: Vec::new(),
+            on_answer: None,
         }
     }
 }

@@ -18,10 +18,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 pub(super) const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// How many times to retry, and the first delay.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct RetryPolicy {
     pub retries: u32,
     pub base_delay: Duration,
+    /// Told each answer's status (metrics).
+    pub on_answer: Option<super::AnswerObserver>,
 }
 
 impl RetryPolicy {
@@ -36,7 +38,9 @@ impl RetryPolicy {
         let mut attempt: u32 = 0;
         loop {
             let sent = build().send().await;
-            crate::metrics::registry_request(sent.as_ref().ok().map(|r| r.status().as_u16()));
+            if let Some(observe) = &self.on_answer {
+                (observe.0)(sent.as_ref().ok().map(|r| r.status().as_u16()));
+            }
             let delay = match sent {
                 Ok(resp) if is_retryable_status(resp.status().as_u16()) => {
                     let status = resp.status().as_u16();
