@@ -170,6 +170,15 @@ pub struct Pusher {
 }
 
 impl Pusher {
+    /// A pusher to the registry at `base` (`http://127.0.0.1:PORT`), anonymous.
+    pub fn to(base: &str) -> Pusher {
+        Pusher {
+            http: reqwest::Client::new(),
+            base: base.to_string(),
+            auth: None,
+        }
+    }
+
     fn with_auth(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match &self.auth {
             Some(auth) => req.header(AUTHORIZATION, auth.clone()),
