@@ -30,6 +30,7 @@ pub struct AgentFragment {
     pub metrics_listen: Option<String>,
     pub stop_budget: Option<DurationStr>,
     pub ca_file: Option<String>,
+    pub history_max: Option<ByteSize>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -46,6 +47,7 @@ pub struct ImageFragment {
     pub version: Option<String>,
     pub poll_interval: Option<DurationStr>,
     pub poll_jitter: Option<DurationStr>,
+    pub pull_timeout: Option<DurationStr>,
     pub auth_file: Option<String>,
     pub insecure: Option<bool>,
 }
