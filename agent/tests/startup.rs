@@ -76,8 +76,13 @@ async fn ready_while_the_engine_is_down_and_going_on_once_it_is_back() {
     let upstream = docker_host().trim_start_matches("unix://").to_string();
     let _engine = proxy::unix(&sock, upstream.into());
     s.wait_running(&d1, "v1", &agent).await;
-    let st = status(&s).await;
-    assert_eq!(st["current_digest"], d1, "{st:#}");
+    let committed = wait_for(WAIT, || async {
+        let st = status(&s).await;
+        (st["current_digest"] == d1.as_str()).then_some(st)
+    })
+    .await
+    .unwrap_or_else(|| panic!("never committed:\n{}", agent.log()));
+    assert_eq!(committed["last_error"], serde_json::Value::Null, "{committed:#}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

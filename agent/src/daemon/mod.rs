@@ -467,7 +467,17 @@ async fn start_gpu(settings: &Settings) -> Option<Arc<dyn crate::gpu::GpuProbe>>
     let p = probe.clone();
     // NVML's init can block on a GPU that fell off the bus: start-up does not
     // wait for it (each reading has its own deadline, gpu::SNAPSHOT_DEADLINE).
-    let loading = tokio::task::spawn_blocking(move || p.start());
+    // A thread of its own (not the runtime's blocking pool, which a
+    // stopping runtime waits for).
+    let (tx, loading) = tokio::sync::oneshot::channel();
+    if let Err(e) = std::thread::Builder::new()
+        .name("nvml-start".into())
+        .spawn(move || {
+            let _ = tx.send(p.start());
+        })
+    {
+        warn!(error = %e, "loading NVML");
+    }
     match tokio::time::timeout(NVML_START_WAIT, loading).await {
         Ok(Ok(Ok(()))) => info!("NVML loaded; watching for XID errors"),
         Ok(Ok(Err(e))) => {

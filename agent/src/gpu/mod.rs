@@ -222,13 +222,19 @@ pub async fn read_within(
     // Set when the caller gave up: the thread then counts itself stuck until it returns.
     let gave_up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = gave_up.clone();
-    let task = tokio::task::spawn_blocking(move || {
-        let r = probe.snapshot();
-        if flag.swap(true, Ordering::SeqCst) {
-            STUCK_READS.fetch_sub(1, Ordering::SeqCst);
-        }
-        r
-    });
+    let (tx, task) = tokio::sync::oneshot::channel();
+    // A thread of its own, not the runtime's blocking pool: a runtime waits
+    // for its blocking tasks when it shuts down, and this one may never end.
+    std::thread::Builder::new()
+        .name("nvml-snapshot".into())
+        .spawn(move || {
+            let r = probe.snapshot();
+            if flag.swap(true, Ordering::SeqCst) {
+                STUCK_READS.fetch_sub(1, Ordering::SeqCst);
+            }
+            let _ = tx.send(r);
+        })
+        .map_err(|e| hung(format!("starting a thread to read the GPUs: {e}")))?;
     match tokio::time::timeout(deadline, task).await {
         Ok(joined) => joined.unwrap_or_else(|e| Err(hung(e.to_string()))),
         Err(_) => {
