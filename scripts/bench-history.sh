@@ -46,7 +46,7 @@ rm -rf "$B"
 mkdir -p "$B/state"
 line='{"at":"2026-01-01T00:00:00Z","kind":"update","from":"sha256:1111111111111111111111111111111111111111111111111111111111111111","to":"sha256:2222222222222222222222222222222222222222222222222222222222222222","outcome":"success","trigger":"poll","error":null,"downtime_ms":412}'
 lines=$(( MB * 1024 * 1024 / (${#line} + 1) ))
-yes "$line" | head -n "$lines" >"$B/state/history.jsonl"
+awk -v l="$line" -v n="$lines" 'BEGIN { for (i = 0; i < n; i++) print l }' >"$B/state/history.jsonl"
 note "$lines lines, $(du -h "$B/state/history.jsonl" | cut -f1)"
 
 cat >"$B/agent.toml" <<TOML
