@@ -25,8 +25,9 @@ async fn a_gpu_that_stops_answering_is_an_error_within_the_deadline() {
     fake_nvml(dir.path());
     let state = dir.path().join("fake_nvml.state");
     std::fs::write(&state, "count=2\n").unwrap();
-    let probe: Arc<dyn GpuProbe> =
-        Arc::new(NvmlProbe::with_library(dir.path().join("libnvidia-ml.so.1")));
+    let probe: Arc<dyn GpuProbe> = Arc::new(NvmlProbe::with_library(
+        dir.path().join("libnvidia-ml.so.1"),
+    ));
     let snap = gpu_agent::gpu::read_within(probe.clone(), Duration::from_secs(20))
         .await
         .expect("the GPUs read");
@@ -40,8 +41,14 @@ async fn a_gpu_that_stops_answering_is_an_error_within_the_deadline() {
         .expect_err("a reading that never returns is an error");
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     let msg = e.to_string();
-    assert!(msg.contains("no answer within 2s") && msg.contains("fallen off the bus"), "{msg}");
-    assert!(!e.is_no_driver(), "a GPU error that blocks updates, not 'no driver'");
+    assert!(
+        msg.contains("no answer within 2s") && msg.contains("fallen off the bus"),
+        "{msg}"
+    );
+    assert!(
+        !e.is_no_driver(),
+        "a GPU error that blocks updates, not 'no driver'"
+    );
     // The readings after it do not pile up threads without end either.
     for _ in 0..6 {
         let t = Instant::now();
@@ -97,10 +104,7 @@ async fn a_turn_hung_on_an_engine_call_stops_the_watchdog() {
     let d1 = s.push("v1", "latest");
     // The agent reaches the engine through a proxy that can stop answering.
     let sock = s.dir.path().join("engine.sock");
-    let engine = proxy::unix(
-        &sock,
-        docker_host().trim_start_matches("unix://").into(),
-    );
+    let engine = proxy::unix(&sock, docker_host().trim_start_matches("unix://").into());
     let config = s
         .config("", &s.env(""), "")
         .replace(&docker_host(), &format!("unix://{}", sock.display()));

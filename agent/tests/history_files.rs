@@ -47,12 +47,24 @@ async fn torn_and_invalid_history_lines_never_break_history_or_a_rebuild() {
     std::fs::create_dir_all(s.state_dir()).unwrap();
     std::fs::write(s.state_dir().join("history.jsonl"), &bytes).unwrap();
     // The state is lost too: it is rebuilt from that history.
-    std::fs::write(s.state_dir().join("state.json"), b"{\"current_digest\": \"sha").unwrap();
+    std::fs::write(
+        s.state_dir().join("state.json"),
+        b"{\"current_digest\": \"sha",
+    )
+    .unwrap();
 
     let agent = s.start_agent(&s.config("", &s.env(""), ""));
     s.wait_running(&d1, "v1", &agent).await;
-    assert!(agent.log().contains("state rebuilt from the history"), "{}", agent.log());
-    assert!(s.is_marked_bad(&bad), "the bad mark of the history is kept: {:#}", s.state());
+    assert!(
+        agent.log().contains("state rebuilt from the history"),
+        "{}",
+        agent.log()
+    );
+    assert!(
+        s.is_marked_bad(&bad),
+        "the bad mark of the history is kept: {:#}",
+        s.state()
+    );
 
     let h = history(&s, &[]).await;
     assert_eq!(h.len(), 2, "{h:#?}");

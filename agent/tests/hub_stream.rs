@@ -41,7 +41,13 @@ fn start(settings: gpu_agent::config::Settings) -> (Arc<Hub>, Nudges, Cancellati
     let (_settings_tx, settings_rx) = tokio::sync::watch::channel(Arc::new(settings));
     let nudges = Nudges::new();
     let stop = CancellationToken::new();
-    hub.start(view, settings_rx, nudges.clone(), stop.clone(), stop.clone());
+    hub.start(
+        view,
+        settings_rx,
+        nudges.clone(),
+        stop.clone(),
+        stop.clone(),
+    );
     (hub, nudges, stop)
 }
 
@@ -77,7 +83,7 @@ async fn connections_in_10s(serve: fn(std::net::TcpStream)) -> usize {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hub_that_accepts_and_closes_at_once_is_retried_with_a_growing_backoff() {
-    let n = connections_in_10s(|conn| drop(conn)).await;
+    let n = connections_in_10s(drop).await;
     assert!(
         (2..=4).contains(&n),
         "{n} connections in 10 s: the backoff does not grow"
@@ -110,7 +116,10 @@ async fn when_nudges_pile_up_the_newest_one_wins() {
     let (hub, nudges, stop) = start(settings(dir.path(), mock.url().as_str()));
     let open = Instant::now();
     while hub.status().events != "connected" {
-        assert!(open.elapsed() < Duration::from_secs(20), "the stream never opened");
+        assert!(
+            open.elapsed() < Duration::from_secs(20),
+            "the stream never opened"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The loop is busy (an update): nobody takes the nudges while 200 arrive.

@@ -65,12 +65,22 @@ async fn ready_while_the_engine_is_down_and_going_on_once_it_is_back() {
     );
     eprintln!("READY=1 after {:?}", ready.unwrap() - started);
     let st = wait_last_error(&s, &agent, "cannot reach the docker engine").await;
-    assert!(st["last_error"].as_str().unwrap().contains(&sock.display().to_string()), "{st:#}");
+    assert!(
+        st["last_error"]
+            .as_str()
+            .unwrap()
+            .contains(&sock.display().to_string()),
+        "{st:#}"
+    );
     let m = reqwest::get(format!("http://127.0.0.1:{metrics}/metrics"))
         .await
         .expect("the metrics answer while the engine is down");
     assert!(m.status().is_success());
-    assert!(agent.log().contains("waiting for the docker engine"), "{}", agent.log());
+    assert!(
+        agent.log().contains("waiting for the docker engine"),
+        "{}",
+        agent.log()
+    );
 
     // The engine comes back on the same socket: the agent goes on by itself.
     let upstream = docker_host().trim_start_matches("unix://").to_string();
@@ -82,14 +92,23 @@ async fn ready_while_the_engine_is_down_and_going_on_once_it_is_back() {
     })
     .await
     .unwrap_or_else(|| panic!("never committed:\n{}", agent.log()));
-    assert_eq!(committed["last_error"], serde_json::Value::Null, "{committed:#}");
+    assert_eq!(
+        committed["last_error"],
+        serde_json::Value::Null,
+        "{committed:#}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ready_while_a_foreign_container_holds_the_name_and_going_on_once_it_is_gone() {
     let s = Setup::new("start-foreign");
     let d1 = s.push("v1", "latest");
-    // A renamed host: a container that is not this agent's holds the name.
+    // A renamed host: a container that is not this agent's holds the name
+    // (one a failed run left is replaced).
+    let _ = std::process::Command::new("docker")
+        .env("DOCKER_HOST", docker_host())
+        .args(["rm", "-f", &s.name])
+        .output();
     docker(&["create", "--name", &s.name, &image("v1")]);
     let notify = Notify::bind(s.dir.path());
     let agent = s.start_agent_env(
@@ -102,7 +121,10 @@ async fn ready_while_a_foreign_container_holds_the_name_and_going_on_once_it_is_
         agent.log()
     );
     let st = wait_last_error(&s, &agent, "does not manage").await;
-    assert!(st["last_error"].as_str().unwrap().contains(&s.name), "{st:#}");
+    assert!(
+        st["last_error"].as_str().unwrap().contains(&s.name),
+        "{st:#}"
+    );
     // The foreign container is untouched while it holds the name.
     let inspect = docker(&["inspect", "-f", "{{.State.Status}}", &s.name]);
     assert_eq!(inspect.trim(), "created");

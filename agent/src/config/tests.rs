@@ -473,7 +473,10 @@ fn history_max_and_pull_timeout() {
     assert_eq!(s.image.pull_timeout, Duration::from_secs(30 * 60));
     let set = MINIMAL
         .replace("id = \"host-1\"", "id = \"host-1\"\nhistory_max = \"1m\"")
-        .replace("tag = \"stable\"", "tag = \"stable\"\npull_timeout = \"90s\"");
+        .replace(
+            "tag = \"stable\"",
+            "tag = \"stable\"\npull_timeout = \"90s\"",
+        );
     let s = load(&[("/a/agent.toml", &set)]).unwrap();
     assert_eq!(s.agent.history_max, 1 << 20);
     assert_eq!(s.image.pull_timeout, Duration::from_secs(90));
@@ -484,7 +487,13 @@ fn history_max_and_pull_timeout() {
     assert!(e.contains("agent.history_max") && e.contains("64k"), "{e}");
     let e = err(&[(
         "/a/agent.toml",
-        &MINIMAL.replace("tag = \"stable\"", "tag = \"stable\"\npull_timeout = \"0s\""),
+        &MINIMAL.replace(
+            "tag = \"stable\"",
+            "tag = \"stable\"\npull_timeout = \"0s\"",
+        ),
     )]);
-    assert!(e.contains("image.pull_timeout") && e.contains("at least 1s"), "{e}");
+    assert!(
+        e.contains("image.pull_timeout") && e.contains("at least 1s"),
+        "{e}"
+    );
 }

@@ -90,7 +90,9 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
         shutdown.clone(),
     )
     .context("opening the state folder")?;
-    updater.journal().set_history_max(settings.agent.history_max);
+    updater
+        .journal()
+        .set_history_max(settings.agent.history_max);
     updater.set_stop_token(stop_now);
     if let Some(g) = gpu {
         updater.set_gpu(g);
@@ -364,7 +366,11 @@ async fn publish_status(mut view: tokio::sync::watch::Receiver<crate::update::Vi
 
 /// The first convergence failed: status and the log say what the agent
 /// waits for (the engine, a container holding the worker's name, ...).
-fn waiting<E: crate::docker::Engine>(updater: &mut Updater<E>, e: &UpdateError, retry_in: Duration) {
+fn waiting<E: crate::docker::Engine>(
+    updater: &mut Updater<E>,
+    e: &UpdateError,
+    retry_in: Duration,
+) {
     updater.note_error(e);
     updater.set_next_check(Some(OffsetDateTime::now_utc() + retry_in));
     let what = match e {

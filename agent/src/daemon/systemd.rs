@@ -263,7 +263,10 @@ mod tests {
     #[test]
     fn bounds_follow_the_config_and_an_operators_drain() {
         let b = bounds(10).with_drain(Duration::from_secs(3600));
-        assert_eq!(b.of(Phase::Draining), Duration::from_secs(3600) + Bounds::MARGIN);
+        assert_eq!(
+            b.of(Phase::Draining),
+            Duration::from_secs(3600) + Bounds::MARGIN
+        );
         assert_eq!(b.of(Phase::Pulling), Duration::from_secs(30));
         assert_eq!(b.of(Phase::Checking), Duration::from_secs(10));
         assert_eq!(b.of(Phase::RollingBack), Duration::from_secs(10));

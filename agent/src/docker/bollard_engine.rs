@@ -119,8 +119,10 @@ impl BollardEngine {
     /// The longest a pull may take (`image.pull_timeout`), for this engine
     /// and its clones.
     pub fn set_pull_timeout(&self, d: Duration) {
-        self.pull_timeout_ms
-            .store(d.as_millis().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+        self.pull_timeout_ms.store(
+            d.as_millis().min(u64::MAX as u128) as u64,
+            Ordering::Relaxed,
+        );
     }
 
     fn pull_timeout(&self) -> Duration {
@@ -304,7 +306,8 @@ impl Engine for BollardEngine {
         let limit = self.pull_timeout();
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            let wait = PULL_STALL.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            let wait =
+                PULL_STALL.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
             match tokio::time::timeout(wait, stream.next()).await {
                 Err(_) if tokio::time::Instant::now() >= deadline => {
                     return Err(EngineError::PullTimeout {

@@ -222,9 +222,10 @@ pub async fn read_within(
     // Set when the caller gave up: the thread then counts itself stuck until it returns.
     let gave_up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = gave_up.clone();
-    let (tx, task) = tokio::sync::oneshot::channel();
-    // A thread of its own, not the runtime's blocking pool: a runtime waits
-    // for its blocking tasks when it shuts down, and this one may never end.
+    let (tx, rx) = std::sync::mpsc::channel();
+    // The reading runs on a thread of its own, which may never end; a
+    // blocking task of the runtime waits for it up to `deadline` (so that
+    // tokio knows work is under way, and a stopping runtime waits at most that).
     std::thread::Builder::new()
         .name("nvml-snapshot".into())
         .spawn(move || {
@@ -235,9 +236,10 @@ pub async fn read_within(
             let _ = tx.send(r);
         })
         .map_err(|e| hung(format!("starting a thread to read the GPUs: {e}")))?;
-    match tokio::time::timeout(deadline, task).await {
-        Ok(joined) => joined.unwrap_or_else(|e| Err(hung(e.to_string()))),
-        Err(_) => {
+    let waited = tokio::task::spawn_blocking(move || rx.recv_timeout(deadline)).await;
+    match waited {
+        Ok(Ok(r)) => r,
+        Ok(Err(std::sync::mpsc::RecvTimeoutError::Timeout)) => {
             if !gave_up.swap(true, Ordering::SeqCst) {
                 STUCK_READS.fetch_add(1, Ordering::SeqCst);
             }
@@ -248,6 +250,10 @@ pub async fn read_within(
                 deadline.as_secs_f64()
             )))
         }
+        Ok(Err(std::sync::mpsc::RecvTimeoutError::Disconnected)) => Err(hung(
+            "the thread reading the GPUs ended without an answer".into(),
+        )),
+        Err(e) => Err(hung(e.to_string())),
     }
 }
 

@@ -444,7 +444,11 @@ impl Journal {
                     })
                 }
             };
-            out.extend(bytes.split(|b| *b == b'\n').filter_map(|l| parse_line(&path, l)));
+            out.extend(
+                bytes
+                    .split(|b| *b == b'\n')
+                    .filter_map(|l| parse_line(&path, l)),
+            );
         }
         Ok(out)
     }
@@ -459,12 +463,10 @@ impl Journal {
                 break;
             }
             let want = n - newest_first.len();
-            read_backwards(&path, want, &mut newest_first).map_err(|source| {
-                JournalError::Io {
-                    action: "reading",
-                    path: path.clone(),
-                    source,
-                }
+            read_backwards(&path, want, &mut newest_first).map_err(|source| JournalError::Io {
+                action: "reading",
+                path: path.clone(),
+                source,
             })?;
         }
         newest_first.reverse();
@@ -490,11 +492,7 @@ fn parse_line(path: &Path, line: &[u8]) -> Option<HistoryEntry> {
 /// Pushes up to `want` entries of the file at `path` onto `out`, newest
 /// first, reading it from the end in [`TAIL_CHUNK`] blocks. A missing file
 /// holds none.
-fn read_backwards(
-    path: &Path,
-    want: usize,
-    out: &mut Vec<HistoryEntry>,
-) -> std::io::Result<()> {
+fn read_backwards(path: &Path, want: usize, out: &mut Vec<HistoryEntry>) -> std::io::Result<()> {
     let mut f = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -762,7 +760,10 @@ mod tests {
         let h = j.history().unwrap();
         assert_eq!(h.len(), 6);
         for n in 1..=7 {
-            assert_eq!(j.history_tail(n).unwrap(), h[h.len().saturating_sub(n)..].to_vec());
+            assert_eq!(
+                j.history_tail(n).unwrap(),
+                h[h.len().saturating_sub(n)..].to_vec()
+            );
         }
     }
 }
