@@ -230,8 +230,9 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
             }
             Event::Nudge(nudge) => {
                 // Nudges that came during an update are one check: the
-                // newest one (`Nudges` keeps only it). The check begins with recovery (an update an error left
-                // midway is resumed, else the worker is made to run).
+                // newest one (`Nudges` keeps only it). The check begins with
+                // recovery (an update an error left midway is resumed, else
+                // the worker is made to run).
                 match watchdog.alive(updater.nudged(&nudge)).await {
                     Ok(outcome) => log_outcome(&outcome),
                     Err(e) => {
