@@ -17,6 +17,7 @@
 //! itself; it only tells `update/` what to aim for.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,7 +28,7 @@ use hub_client::{
     WorkerView,
 };
 use time::OffsetDateTime;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -37,6 +38,10 @@ use crate::update::View;
 
 /// The event stream is reconnected after `1 s · 2^n`, at most this, plus jitter.
 const STREAM_BACKOFF_CAP: Duration = Duration::from_secs(60);
+/// A stream that stayed open this long (or brought an event) was healthy:
+/// the backoff starts again from 1 s. One that a hub accepts and closes at
+/// once keeps backing off.
+const STREAM_HEALTHY_AFTER: Duration = Duration::from_secs(30);
 /// Events kept for the hub while it does not take reports.
 const REPORT_BACKLOG: usize = 1000;
 /// How long a stopping agent gives the hub to take the queued reports.
@@ -56,6 +61,71 @@ enum ReportMsg {
     Heartbeat,
     /// Time to try the unsent events again.
     Retry,
+}
+
+/// The hub's nudges on their way to the loop. Only the newest is kept: a
+/// nudge that comes while another waits replaces it (the loop makes one
+/// check of however many piled up during an update, and the newest decides),
+/// so a burst never loses the one that matters.
+#[derive(Clone, Default)]
+pub struct Nudges {
+    inner: Arc<NudgesInner>,
+}
+
+#[derive(Default)]
+struct NudgesInner {
+    slot: Mutex<Option<Nudge>>,
+    ready: Notify,
+    replaced: AtomicU64,
+}
+
+impl std::fmt::Debug for Nudges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Nudges")
+            .field("waiting", &self.slot().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Nudges {
+    pub fn new() -> Nudges {
+        Nudges::default()
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Nudge>> {
+        self.inner.slot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `n`; returns whether it replaced a nudge the loop had not taken.
+    pub fn send(&self, n: Nudge) -> bool {
+        let replaced = self.slot().replace(n).is_some();
+        if replaced {
+            self.inner.replaced.fetch_add(1, Ordering::Relaxed);
+        }
+        self.inner.ready.notify_one();
+        replaced
+    }
+
+    /// The waiting nudge, if any.
+    pub fn take(&self) -> Option<Nudge> {
+        self.slot().take()
+    }
+
+    /// Waits for a nudge and takes it (cancel-safe: a nudge stays queued
+    /// until a call returns it).
+    pub async fn recv(&self) -> Nudge {
+        loop {
+            if let Some(n) = self.take() {
+                return n;
+            }
+            self.inner.ready.notified().await;
+        }
+    }
+
+    /// How many nudges a newer one replaced before the loop took them.
+    pub fn replaced(&self) -> u64 {
+        self.inner.replaced.load(Ordering::Relaxed)
+    }
 }
 
 pub struct Hub {
@@ -210,7 +280,7 @@ impl Hub {
         self: &Arc<Self>,
         view: watch::Receiver<View>,
         settings: watch::Receiver<Arc<Settings>>,
-        nudges: mpsc::Sender<Nudge>,
+        nudges: Nudges,
         shutdown: CancellationToken,
         reports_done: CancellationToken,
     ) -> Option<tokio::task::JoinHandle<()>> {
@@ -336,7 +406,7 @@ impl Hub {
     }
 
     /// Keeps the event stream open until the agent stops.
-    async fn events(self: Arc<Self>, nudges: mpsc::Sender<Nudge>, shutdown: CancellationToken) {
+    async fn events(self: Arc<Self>, nudges: Nudges, shutdown: CancellationToken) {
         let mut last_id: Option<String> = None;
         let mut failures = 0u32;
         loop {
@@ -358,7 +428,10 @@ impl Hub {
                         resume_after = last_id.as_deref().unwrap_or("-"),
                         "hub event stream open"
                     );
-                    failures = 0;
+                    // The backoff starts again only once the stream proved
+                    // healthy: a hub that accepts and closes at once is not.
+                    let opened_at = tokio::time::Instant::now();
+                    let mut delivered = false;
                     let why = loop {
                         let next = tokio::select! {
                             n = stream.next() => n,
@@ -367,6 +440,7 @@ impl Hub {
                         match next {
                             Ok(Some(ev)) => {
                                 last_id = stream.last_event_id().map(str::to_string);
+                                delivered = true;
                                 self.on_event(ev, &nudges).await;
                             }
                             Ok(None) => break "the hub closed the event stream".to_string(),
@@ -375,6 +449,9 @@ impl Hub {
                     };
                     last_id = stream.last_event_id().map(str::to_string).or(last_id);
                     hint = stream.retry_hint();
+                    if delivered || opened_at.elapsed() >= STREAM_HEALTHY_AFTER {
+                        failures = 0;
+                    }
                     why
                 }
                 Err(e) => crate::error_chain(&e),
@@ -398,7 +475,7 @@ impl Hub {
         }
     }
 
-    async fn on_event(&self, ev: sse::Event, nudges: &mpsc::Sender<Nudge>) {
+    async fn on_event(&self, ev: sse::Event, nudges: &Nudges) {
         if ev.event != "nudge" {
             debug!(event = %ev.event, "hub event ignored");
             return;
@@ -406,9 +483,10 @@ impl Hub {
         match Nudge::parse(&ev.data) {
             Ok(n) => {
                 info!(reason = %n.reason, digest = n.digest.as_deref().unwrap_or("-"), id = ev.id.as_deref().unwrap_or("-"), "nudge from the hub");
-                // The loop takes them in turn; a full queue already holds a check.
-                if nudges.try_send(n).is_err() {
-                    debug!("nudge queue full; a check is already due");
+                // The newest nudge waits for the loop; an older one it replaces
+                // would only have asked for the same check.
+                if nudges.send(n) {
+                    debug!("a nudge the loop had not taken yet was replaced by a newer one");
                 }
             }
             Err(what) => {

@@ -4,6 +4,7 @@
 //! through its API: digests, multi-arch indexes, semver ranges, htpasswd and
 //! token auth.
 
+#[allow(dead_code)]
 mod common_registry;
 
 use std::time::{Duration, Instant};

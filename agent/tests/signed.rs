@@ -40,11 +40,21 @@ async fn only_digests_signed_by_a_trusted_key_are_deployed() {
     assert_ne!(r.code, 0, "{r:#?}");
     let e = s.wait_history(&v2, "failed", &agent).await;
     let why = e["error"].as_str().unwrap_or_default();
-    assert!(why.contains("not signed") && why.contains("cosign sign"), "{why}");
+    assert!(
+        why.contains("not signed") && why.contains("cosign sign"),
+        "{why}"
+    );
     assert!(s.is_marked_bad(&v2));
-    assert_eq!(s.running().await.unwrap().id, worker.id, "the worker was touched");
+    assert_eq!(
+        s.running().await.unwrap().id,
+        worker.id,
+        "the worker was touched"
+    );
     let images = docker(&["images", "--digests", "--format", "{{.Digest}}"]);
-    assert!(!images.contains(&v2), "the unsigned image was pulled: {images}");
+    assert!(
+        !images.contains(&v2),
+        "the unsigned image was pulled: {images}"
+    );
 
     // Signed by a key this host does not trust: refused the same way.
     let v3 = s.push("v3", "stable");
@@ -52,7 +62,10 @@ async fn only_digests_signed_by_a_trusted_key_are_deployed() {
     ctl(&s, &["check", "--wait"]).await;
     let e = s.wait_history(&v3, "failed", &agent).await;
     assert!(
-        e["error"].as_str().unwrap_or_default().contains("not signed by a trusted key"),
+        e["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not signed by a trusted key"),
         "{e:#}"
     );
     assert_eq!(s.running().await.unwrap().id, worker.id);
@@ -63,6 +76,9 @@ async fn only_digests_signed_by_a_trusted_key_are_deployed() {
     ctl(&s, &["update", "--digest", &v2]).await.expect(0);
     s.wait_running(&v2, "v2", &agent).await;
     let e = s.wait_history(&v2, "success", &agent).await;
-    assert!(e["user"].as_str().unwrap_or_default().contains("uid"), "{e:#}");
+    assert!(
+        e["user"].as_str().unwrap_or_default().contains("uid"),
+        "{e:#}"
+    );
     agent.kill9();
 }

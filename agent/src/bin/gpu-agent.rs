@@ -151,13 +151,17 @@ fn main() -> ExitCode {
                     return ExitCode::from(Exit::Failure as u8);
                 }
             };
-            match rt.block_on(gpu_agent::daemon::run(settings, config)) {
+            let code = match rt.block_on(gpu_agent::daemon::run(settings, config)) {
                 Ok(()) => Exit::Ok,
                 Err(e) => {
                     tracing::error!("{e:#}");
                     Exit::Failure
                 }
-            }
+            };
+            // A blocking task stuck in a call that never returns must not
+            // hold up the exit.
+            rt.shutdown_timeout(std::time::Duration::from_secs(5));
+            code
         }
     };
     ExitCode::from(code as u8)

@@ -32,6 +32,7 @@ pub struct AgentFragment {
     pub metrics_listen: Option<String>,
     pub stop_budget: Option<DurationStr>,
     pub ca_file: Option<String>,
+    pub history_max: Option<ByteSize>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -48,6 +49,7 @@ pub struct ImageFragment {
     pub version: Option<String>,
     pub poll_interval: Option<DurationStr>,
     pub poll_jitter: Option<DurationStr>,
+    pub pull_timeout: Option<DurationStr>,
     pub auth_file: Option<String>,
     pub insecure: Option<bool>,
     pub max_attempts: Option<u32>,

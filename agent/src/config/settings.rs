@@ -36,6 +36,8 @@ pub struct AgentSettings {
     /// Extra CA certificates (PEM) that the registry and hub clients trust
     /// beside the system's roots; checked when the config loads.
     pub ca_file: Option<PathBuf>,
+    /// The history is rotated (to `history.jsonl.1`) past this many bytes.
+    pub history_max: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -50,6 +52,8 @@ pub struct ImageSettings {
     pub policy: Policy,
     pub poll_interval: Duration,
     pub poll_jitter: Duration,
+    /// The longest a pull may take, however it progresses.
+    pub pull_timeout: Duration,
     pub auth_file: Option<PathBuf>,
     pub insecure: bool,
     /// Rollbacks of one digest that blamed nothing (an engine or a hub that
@@ -253,7 +257,16 @@ pub(super) fn validate(f: Fragment, o: &Origin) -> Result<Settings, ConfigError>
         metrics_listen,
         stop_budget: agent.stop_budget.map_or(Duration::from_secs(60), |d| d.0),
         ca_file: agent.ca_file.map(PathBuf::from),
+        history_max: agent
+            .history_max
+            .map_or(crate::update::journal::DEFAULT_HISTORY_MAX, |b| b.0),
     };
+    if agent.history_max < 64 * 1024 {
+        return Err(o.invalid(
+            "agent.history_max",
+            "must be at least 64k (the history keeps this much, and as much again in history.jsonl.1)",
+        ));
+    }
     absolute(&agent.state_dir, "agent.state_dir", o)?;
     if let Some(p) = &agent.ca_file {
         absolute(p, "agent.ca_file", o)?;
@@ -327,10 +340,20 @@ pub(super) fn validate(f: Fragment, o: &Origin) -> Result<Settings, ConfigError>
         max_attempts,
         poll_interval,
         poll_jitter: image.poll_jitter.map_or(Duration::from_secs(30), |d| d.0),
+        pull_timeout: image
+            .pull_timeout
+            .map_or(Duration::from_secs(30 * 60), |d| d.0),
         auth_file: image.auth_file.map(PathBuf::from),
         insecure: image.insecure.unwrap_or(false),
         verify,
     };
+
+    if image.pull_timeout < Duration::from_secs(1) {
+        return Err(o.invalid(
+            "image.pull_timeout",
+            "must be at least 1s (a pull that takes longer is abandoned and the old worker kept)",
+        ));
+    }
 
     let w = f.worker.unwrap_or_default();
     let name = w.name.unwrap_or_else(|| "gpu-worker".into());

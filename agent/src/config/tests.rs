@@ -603,3 +603,35 @@ fn plain_http_is_refused_unless_loopback_or_insecure() {
     .unwrap();
     assert!(!s.security_notes().iter().any(|n| n.contains("plain http")));
 }
+
+#[test]
+fn history_max_and_pull_timeout() {
+    let s = load(&[("/a/agent.toml", MINIMAL)]).unwrap();
+    assert_eq!(s.agent.history_max, 16 << 20);
+    assert_eq!(s.image.pull_timeout, Duration::from_secs(30 * 60));
+    let set = MINIMAL
+        .replace("id = \"host-1\"", "id = \"host-1\"\nhistory_max = \"1m\"")
+        .replace(
+            "tag = \"stable\"",
+            "tag = \"stable\"\npull_timeout = \"90s\"",
+        );
+    let s = load(&[("/a/agent.toml", &set)]).unwrap();
+    assert_eq!(s.agent.history_max, 1 << 20);
+    assert_eq!(s.image.pull_timeout, Duration::from_secs(90));
+    let e = err(&[(
+        "/a/agent.toml",
+        &MINIMAL.replace("id = \"host-1\"", "id = \"host-1\"\nhistory_max = \"1k\""),
+    )]);
+    assert!(e.contains("agent.history_max") && e.contains("64k"), "{e}");
+    let e = err(&[(
+        "/a/agent.toml",
+        &MINIMAL.replace(
+            "tag = \"stable\"",
+            "tag = \"stable\"\npull_timeout = \"0s\"",
+        ),
+    )]);
+    assert!(
+        e.contains("image.pull_timeout") && e.contains("at least 1s"),
+        "{e}"
+    );
+}

@@ -28,6 +28,8 @@ use tokio::sync::mpsc;
 const RETRY_BASE: Duration = Duration::from_secs(2);
 /// Longest wait between retries of a failing check (never above the poll interval).
 const RETRY_CAP: Duration = Duration::from_secs(300);
+/// How long start-up waits for NVML to load before it goes on without it.
+const NVML_START_WAIT: Duration = Duration::from_secs(5);
 
 /// Exponential backoff with full jitter: a random delay in [base·2ⁿ/2, base·2ⁿ], capped.
 pub fn backoff(failures: u32, cap: Duration) -> Duration {
@@ -69,10 +71,14 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
     let registry = registry_client(&settings)?;
     let (settings_tx, settings_rx) = tokio::sync::watch::channel(settings.clone());
 
-    let Some(engine) = connect_engine(&settings, &shutdown).await else {
-        info!("stopped before the engine answered");
-        return Ok(());
-    };
+    // Nothing below waits for the engine, the GPUs or the hub: the control
+    // socket, the metrics and READY=1 come up within seconds whatever their
+    // state (a package upgrade's `try-restart` must not hang); the loop then
+    // converges, saying in status what it waits for until it can.
+    let engine = BollardEngine::new(&settings.docker.host, &settings.agent.id)
+        .context("setting up the docker engine client (docker.host)")?;
+    engine.set_pull_timeout(settings.image.pull_timeout);
+    let engine_handle = engine.clone();
     let gpu = start_gpu(&settings).await;
     let hub = crate::hub::Hub::from_settings(&settings).context("setting up the hub client")?;
     let checker = crate::health::Checker::new(engine.clone(), settings_rx.clone(), gpu.clone())
@@ -84,6 +90,9 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
         shutdown.clone(),
     )
     .context("opening the state folder")?;
+    updater
+        .journal()
+        .set_history_max(settings.agent.history_max);
     updater.set_stop_token(stop_now);
     if let Some(g) = gpu {
         updater.set_gpu(g);
@@ -134,27 +143,17 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
         });
     }
 
-    // systemd: a status line on every phase change, watchdog pings from the loop.
-    let mut watchdog = systemd::Watchdog::from_env();
+    // systemd: a status line on every phase change, watchdog pings from the
+    // loop while it advances.
+    let mut watchdog =
+        systemd::Watchdog::from_env(updater.watch(), systemd::Bounds::from_settings(&settings));
     if let Some(every) = watchdog.interval() {
-        info!(every = ?every, "systemd watchdog enabled");
+        info!(every = ?every, bounds = ?watchdog.bounds(), "systemd watchdog enabled");
     }
     tokio::spawn(publish_status(updater.watch()));
 
-    // Converge first: finish or undo whatever a crash interrupted.
-    let mut failures = 0u32;
-    while let Err(e) = watchdog.alive(updater.reconcile()).await {
-        failures += 1;
-        let wait = backoff(failures, RETRY_CAP);
-        error!(error = %crate::error_chain(&e), retry_in = ?wait, "could not reconcile the worker with the journal");
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.cancelled() => return Ok(()),
-        }
-    }
-
     // The hub's event stream (nudges) and reporter run beside the loop.
-    let (nudge_tx, mut nudges) = mpsc::channel::<hub_client::Nudge>(64);
+    let nudges = crate::hub::Nudges::new();
     let mut reporter = None;
     let reports_done = CancellationToken::new();
     if let Some(h) = &hub {
@@ -163,19 +162,37 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
         reporter = h.start(
             updater.watch(),
             settings_rx.clone(),
-            nudge_tx,
+            nudges.clone(),
             shutdown.clone(),
             reports_done.clone(),
         );
-    } else {
-        drop(nudge_tx);
     }
 
     systemd::ready();
-    let mut trigger = Trigger::Startup;
-    failures = 0;
+
+    // Converge first: finish or undo whatever a crash interrupted. While that
+    // cannot be done (the engine is down, the worker's name is held by a
+    // container that is not ours), status says why and the loop tries again
+    // with backoff; actions and signals are taken meanwhile.
+    let mut failures = 0u32;
+    let mut converged = false;
     let mut deadline = tokio::time::Instant::now();
-    updater.set_next_check(Some(OffsetDateTime::now_utc()));
+    match watchdog.alive(updater.reconcile()).await {
+        Ok(()) => converged = true,
+        Err(e) => {
+            failures += 1;
+            let wait = backoff(failures, RETRY_CAP.min(settings.image.poll_interval));
+            waiting(&mut updater, &e, wait);
+            deadline += wait;
+        }
+    }
+    let mut trigger = Trigger::Startup;
+    if converged {
+        failures = 0;
+    }
+    updater.set_next_check(Some(
+        OffsetDateTime::now_utc() + deadline.saturating_duration_since(tokio::time::Instant::now()),
+    ));
     loop {
         // Everything the loop reacts to arrives as one Event; each is handled
         // to its end before the next is taken.
@@ -187,7 +204,7 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
             _ = watchdog.due() => Event::Watchdog,
             _ = hup.recv() => Event::Reload,
             Some(job) = jobs.recv() => Event::Job(job),
-            Some(nudge) = nudges.recv() => Event::Nudge(nudge),
+            nudge = nudges.recv() => Event::Nudge(nudge),
         };
         match event {
             Event::Stop => break,
@@ -197,6 +214,9 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
                     match registry_client(&new) {
                         Ok(registry) => {
                             renew_notifier(&notifier, &settings, &new);
+                            engine_handle.set_pull_timeout(new.image.pull_timeout);
+                            updater.journal().set_history_max(new.agent.history_max);
+                            watchdog.set_bounds(systemd::Bounds::from_settings(&new));
                             updater.reload(new.clone(), Ports::real(registry, &new));
                             settings_tx.send_replace(new.clone());
                             settings = new;
@@ -207,15 +227,23 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
                     }
                 }
             }
-            Event::Job(job) => watchdog.alive(run_job(&mut updater, job)).await,
-            Event::Nudge(mut nudge) => {
-                // Nudges that queued up during an update are one check: the
-                // last one decides (a digest named by any later one wins).
-                while let Ok(n) = nudges.try_recv() {
-                    nudge = n;
-                }
-                // The check begins with recovery (an update an error left
-                // midway is resumed, else the worker is made to run).
+            Event::Job(job) => {
+                // An operator's drain may wait longer than worker.drain.timeout.
+                let bounds = match &job.action {
+                    Action::Drain {
+                        timeout: Some(t), ..
+                    } => watchdog.bounds().with_drain(*t),
+                    _ => watchdog.bounds(),
+                };
+                watchdog
+                    .alive_within(run_job(&mut updater, job), bounds)
+                    .await
+            }
+            Event::Nudge(nudge) => {
+                // Nudges that came during an update are one check: the
+                // newest one (`Nudges` keeps only it). The check begins with
+                // recovery (an update an error left midway is resumed, else
+                // the worker is made to run).
                 match watchdog.alive(updater.nudged(&nudge)).await {
                     Ok(outcome) => log_outcome(&outcome),
                     Err(e) => {
@@ -228,9 +256,26 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
                 }
             }
             Event::Tick => {
+                let poll = settings.image.poll_interval;
+                if !converged {
+                    // Still waiting for what stopped the first convergence.
+                    match watchdog.alive(updater.reconcile()).await {
+                        Ok(()) => {
+                            converged = true;
+                            failures = 0;
+                            info!("the worker is reconciled with the journal; going on");
+                        }
+                        Err(e) => {
+                            failures += 1;
+                            let wait = backoff(failures, RETRY_CAP.min(poll));
+                            waiting(&mut updater, &e, wait);
+                            deadline = tokio::time::Instant::now() + wait;
+                            continue;
+                        }
+                    }
+                }
                 // The check begins with recovery (an update an error left
                 // midway is resumed, else the worker is made to run).
-                let poll = settings.image.poll_interval;
                 let wait = match watchdog.alive(updater.check(trigger)).await {
                     Ok(outcome) => {
                         failures = 0;
@@ -371,6 +416,24 @@ async fn publish_status(mut view: tokio::sync::watch::Receiver<crate::update::Vi
     }
 }
 
+/// The first convergence failed: status and the log say what the agent
+/// waits for (the engine, a container holding the worker's name, ...).
+fn waiting<E: crate::docker::Engine>(
+    updater: &mut Updater<E>,
+    e: &UpdateError,
+    retry_in: Duration,
+) {
+    updater.note_error(e);
+    updater.set_next_check(Some(OffsetDateTime::now_utc() + retry_in));
+    let what = match e {
+        UpdateError::Engine(e) if e.is_engine_down() => "the docker engine",
+        UpdateError::NameTaken { .. } => "the worker's name to be free",
+        _ => "the worker to be reconciled with the journal",
+    };
+    warn!(error = %crate::error_chain(e), retry_in = ?retry_in,
+          "waiting for {what}; the agent goes on by itself once it can");
+}
+
 fn log_outcome(outcome: &CheckOutcome) {
     match outcome {
         CheckOutcome::UpToDate => {}
@@ -465,12 +528,28 @@ async fn start_gpu(settings: &Settings) -> Option<Arc<dyn crate::gpu::GpuProbe>>
     }
     let probe = Arc::new(crate::gpu::NvmlProbe::new());
     let p = probe.clone();
-    match tokio::task::spawn_blocking(move || p.start()).await {
-        Ok(Ok(())) => info!("NVML loaded; watching for XID errors"),
-        Ok(Err(e)) => {
+    // NVML's init can block on a GPU that fell off the bus: start-up does not
+    // wait for it (each reading has its own deadline, gpu::SNAPSHOT_DEADLINE).
+    // A thread of its own (not the runtime's blocking pool, which a
+    // stopping runtime waits for).
+    let (tx, loading) = tokio::sync::oneshot::channel();
+    if let Err(e) = std::thread::Builder::new()
+        .name("nvml-start".into())
+        .spawn(move || {
+            let _ = tx.send(p.start());
+        })
+    {
+        warn!(error = %e, "loading NVML");
+    }
+    match tokio::time::timeout(NVML_START_WAIT, loading).await {
+        Ok(Ok(Ok(()))) => info!("NVML loaded; watching for XID errors"),
+        Ok(Ok(Err(e))) => {
             warn!(error = %e, "GPU checks cannot run yet: updates wait until they can (gpu.check = false turns the GPU gate off)")
         }
-        Err(e) => warn!(error = %e, "loading NVML"),
+        Ok(Err(e)) => warn!(error = %e, "loading NVML"),
+        Err(_) => {
+            warn!(waited = ?NVML_START_WAIT, "NVML has not loaded yet (a GPU that does not answer?); starting without waiting for it: updates wait until the GPUs can be read")
+        }
     }
     Some(probe)
 }
@@ -539,27 +618,6 @@ fn reload(path: &Path, running: &Settings) -> Option<Arc<Settings>> {
     info!(image = %new.image.name, policy = %new.image.policy,
           "config reloaded; worker settings apply to the next container created");
     Some(Arc::new(new))
-}
-
-async fn connect_engine(
-    settings: &Settings,
-    shutdown: &CancellationToken,
-) -> Option<BollardEngine> {
-    let mut failures = 0u32;
-    loop {
-        match BollardEngine::connect(&settings.docker.host, &settings.agent.id).await {
-            Ok(e) => return Some(e),
-            Err(e) => {
-                failures += 1;
-                let wait = backoff(failures, Duration::from_secs(30));
-                error!(error = %crate::error_chain(&e), retry_in = ?wait, "docker engine not reachable");
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.cancelled() => return None,
-                }
-            }
-        }
-    }
 }
 
 /// SIGTERM or SIGINT: stop at the next safe point. A pull or a drain wait

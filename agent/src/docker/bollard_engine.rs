@@ -1,6 +1,8 @@
 //! [`Engine`] over the Docker Engine API through bollard.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::auth::DockerCredentials;
@@ -27,40 +29,104 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// A pull that reports no progress for this long is abandoned.
 const PULL_STALL: Duration = Duration::from_secs(300);
 
+/// How long the first call waits for the engine to say its API version.
+const NEGOTIATE_TIMEOUT: Duration = Duration::from_secs(10);
+/// `image.pull_timeout` until the daemon sets it.
+const DEFAULT_PULL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// The engine at one address. Making one does no I/O: the API version is
+/// negotiated by the first call that reaches the engine, so an agent starts
+/// (and says what it waits for) while the engine is down.
 #[derive(Clone)]
 pub struct BollardEngine {
-    docker: Docker,
+    /// Not yet negotiated: bollard's default API version.
+    base: Docker,
+    /// The client at the version the engine speaks, once it answered.
+    api: Arc<tokio::sync::OnceCell<Docker>>,
     host: String,
     agent_id: String,
+    /// `image.pull_timeout` in milliseconds, shared by the clones.
+    pull_timeout_ms: Arc<AtomicU64>,
 }
 
 impl BollardEngine {
-    /// Connects to `host` (`unix://…`, `tcp://…`, `http://…`), negotiates the API
-    /// version (hosts run engines older than bollard's default) and pings.
-    pub async fn connect(host: &str, agent_id: &str) -> Result<Self, EngineError> {
-        let unreachable = |e: BollardError| EngineError::Unreachable {
-            host: host.to_string(),
-            message: e.to_string(),
-        };
+    /// The engine at `host` (`unix://…`, `tcp://…`, `http://…`), without
+    /// touching it; the first call negotiates the API version (hosts run
+    /// engines older than bollard's default).
+    pub fn new(host: &str, agent_id: &str) -> Result<Self, EngineError> {
         let secs = REQUEST_TIMEOUT.as_secs();
-        let docker = if host.starts_with("unix://") {
+        let base = if host.starts_with("unix://") {
             Docker::connect_with_unix(host, secs, API_DEFAULT_VERSION)
         } else {
             Docker::connect_with_http(host, secs, API_DEFAULT_VERSION)
         }
-        .map_err(unreachable)?;
-        let docker = docker.negotiate_version().await.map_err(unreachable)?;
-        docker.ping().await.map_err(unreachable)?;
-        debug!(host, version = ?docker.client_version(), "connected to docker engine");
+        .map_err(|e| EngineError::Unreachable {
+            host: host.to_string(),
+            message: e.to_string(),
+        })?;
         Ok(BollardEngine {
-            docker,
+            base,
+            api: Arc::new(tokio::sync::OnceCell::new()),
             host: host.to_string(),
             agent_id: agent_id.to_string(),
+            pull_timeout_ms: Arc::new(AtomicU64::new(DEFAULT_PULL_TIMEOUT.as_millis() as u64)),
         })
     }
 
+    /// [`BollardEngine::new`], then negotiates the API version and pings.
+    pub async fn connect(host: &str, agent_id: &str) -> Result<Self, EngineError> {
+        let engine = Self::new(host, agent_id)?;
+        engine
+            .api()
+            .await?
+            .ping()
+            .await
+            .map_err(|e| engine.err("ping", "", e))?;
+        Ok(engine)
+    }
+
+    /// The client at the engine's API version, negotiated on first use.
+    async fn api(&self) -> Result<&Docker, EngineError> {
+        self.api
+            .get_or_try_init(|| async {
+                let unreachable = |message: String| EngineError::Unreachable {
+                    host: self.host.clone(),
+                    message,
+                };
+                let docker = tokio::time::timeout(
+                    NEGOTIATE_TIMEOUT,
+                    self.base.clone().negotiate_version(),
+                )
+                .await
+                .map_err(|_| {
+                    unreachable(format!(
+                        "no answer to the API version request within {}s",
+                        NEGOTIATE_TIMEOUT.as_secs()
+                    ))
+                })?
+                .map_err(|e| unreachable(e.to_string()))?;
+                debug!(host = %self.host, version = ?docker.client_version(), "connected to docker engine");
+                Ok(docker)
+            })
+            .await
+    }
+
+    /// The bollard client (negotiated once the engine has answered).
     pub fn docker(&self) -> &Docker {
-        &self.docker
+        self.api.get().unwrap_or(&self.base)
+    }
+
+    /// The longest a pull may take (`image.pull_timeout`), for this engine
+    /// and its clones.
+    pub fn set_pull_timeout(&self, d: Duration) {
+        self.pull_timeout_ms.store(
+            d.as_millis().min(u64::MAX as u128) as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    fn pull_timeout(&self) -> Duration {
+        Duration::from_millis(self.pull_timeout_ms.load(Ordering::Relaxed))
     }
 
     fn err(&self, op: &'static str, target: &str, e: BollardError) -> EngineError {
@@ -160,7 +226,8 @@ impl Engine for BollardEngine {
             ],
         )]);
         let list = self
-            .docker
+            .api()
+            .await?
             .list_containers(Some(ListContainersOptions {
                 all: true,
                 filters: Some(filters),
@@ -180,7 +247,7 @@ impl Engine for BollardEngine {
     }
 
     async fn inspect(&self, id: &str) -> Result<Option<Container>, EngineError> {
-        match self.docker.inspect_container(id, None).await {
+        match self.api().await?.inspect_container(id, None).await {
             Ok(r) => Ok(Some(to_container(r))),
             Err(BollardError::DockerResponseServerError {
                 status_code: 404, ..
@@ -190,7 +257,7 @@ impl Engine for BollardEngine {
     }
 
     async fn has_image(&self, image_ref: &str) -> Result<bool, EngineError> {
-        match self.docker.inspect_image(image_ref).await {
+        match self.api().await?.inspect_image(image_ref).await {
             Ok(_) => Ok(true),
             Err(BollardError::DockerResponseServerError {
                 status_code: 404, ..
@@ -201,7 +268,8 @@ impl Engine for BollardEngine {
 
     async fn image_env(&self, image_ref: &str) -> Result<Vec<String>, EngineError> {
         let image = self
-            .docker
+            .api()
+            .await?
             .inspect_image(image_ref)
             .await
             .map_err(|e| self.err("inspect image", image_ref, e))?;
@@ -224,7 +292,8 @@ impl Engine for BollardEngine {
             serveraddress: Some(c.serveraddress),
             ..Default::default()
         });
-        let mut stream = self.docker.create_image(
+        let docker = self.api().await?;
+        let mut stream = docker.create_image(
             Some(CreateImageOptions {
                 from_image: Some(repo.to_string()),
                 tag: Some(reference.to_string()),
@@ -233,8 +302,19 @@ impl Engine for BollardEngine {
             None,
             creds,
         );
+        // However it progresses, a pull ends by `image.pull_timeout`.
+        let limit = self.pull_timeout();
+        let deadline = tokio::time::Instant::now() + limit;
         loop {
-            match tokio::time::timeout(PULL_STALL, stream.next()).await {
+            let wait =
+                PULL_STALL.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            match tokio::time::timeout(wait, stream.next()).await {
+                Err(_) if tokio::time::Instant::now() >= deadline => {
+                    return Err(EngineError::PullTimeout {
+                        image: image_ref.to_string(),
+                        secs: limit.as_secs(),
+                    })
+                }
                 Err(_) => {
                     return Err(EngineError::PullStalled {
                         image: image_ref.to_string(),
@@ -277,7 +357,8 @@ impl Engine for BollardEngine {
 
     async fn create(&self, name: &str, spec: &WorkerSpec) -> Result<String, EngineError> {
         let r = self
-            .docker
+            .api()
+            .await?
             .create_container(
                 Some(CreateContainerOptions {
                     name: Some(name.to_string()),
@@ -294,7 +375,8 @@ impl Engine for BollardEngine {
     }
 
     async fn start(&self, id: &str) -> Result<(), EngineError> {
-        self.docker
+        self.api()
+            .await?
             .start_container(id, None)
             .await
             .map_err(|e| gpu_unavailable(self.err("start", id, e)))
@@ -304,7 +386,8 @@ impl Engine for BollardEngine {
         let secs = timeout.as_secs().min(i32::MAX as u64) as i32;
         // The engine answers only once the container is down (up to `timeout`
         // before SIGKILL): the request may take that long plus the usual margin.
-        self.docker
+        self.api()
+            .await?
             .clone()
             .with_timeout(timeout + REQUEST_TIMEOUT)
             .stop_container(
@@ -327,7 +410,8 @@ impl Engine for BollardEngine {
 
     async fn remove(&self, id: &str) -> Result<(), EngineError> {
         match self
-            .docker
+            .api()
+            .await?
             .remove_container(
                 id,
                 Some(RemoveContainerOptions {
@@ -346,7 +430,8 @@ impl Engine for BollardEngine {
     }
 
     async fn rename(&self, id: &str, name: &str) -> Result<(), EngineError> {
-        self.docker
+        self.api()
+            .await?
             .rename_container(
                 id,
                 RenameContainerOptions {
@@ -363,7 +448,8 @@ impl Engine for BollardEngine {
         policy: &str,
         max_retries: Option<u32>,
     ) -> Result<(), EngineError> {
-        self.docker
+        self.api()
+            .await?
             .update_container(
                 id,
                 ContainerUpdateBody {
@@ -376,7 +462,7 @@ impl Engine for BollardEngine {
     }
 
     async fn logs_tail(&self, id: &str, lines: usize) -> Result<String, EngineError> {
-        let mut stream = self.docker.logs(
+        let mut stream = self.api().await?.logs(
             id,
             Some(LogsOptions {
                 stdout: true,
@@ -404,7 +490,8 @@ impl Engine for BollardEngine {
 
     async fn prune_images(&self, repository: &str, keep: &[String]) -> Result<usize, EngineError> {
         let images = self
-            .docker
+            .api()
+            .await?
             .list_images(Some(ListImagesOptions {
                 all: false,
                 digests: true,
@@ -433,7 +520,8 @@ impl Engine for BollardEngine {
                 // Remove our reference only: an image another name still uses stays,
                 // and one a container uses is refused (409) and left alone.
                 match self
-                    .docker
+                    .api()
+                    .await?
                     .remove_image(
                         reference,
                         Some(RemoveImageOptions {

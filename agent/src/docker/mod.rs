@@ -65,6 +65,9 @@ pub enum EngineError {
     Pull { image: String, message: String },
     #[error("pulling {image}: no progress for {secs}s, gave up")]
     PullStalled { image: String, secs: u64 },
+    /// The pull went on past `image.pull_timeout`, however it progressed.
+    #[error("pulling {image}: not done within {secs}s (image.pull_timeout), gave up; the running worker is kept and the next check tries again")]
+    PullTimeout { image: String, secs: u64 },
     #[error("docker {op} {target}: {message}")]
     Call {
         op: &'static str,

@@ -21,6 +21,8 @@ mod xid;
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 pub use assess::{assess, Assessment, Limits, Problem};
 pub use nvml::NvmlProbe;
@@ -185,16 +187,74 @@ pub trait GpuProbe: Send + Sync + 'static {
     fn last_xid_seq(&self) -> u64;
 }
 
-/// Reads every GPU now on a blocking thread (NVML calls block), for async callers.
+/// How long a snapshot of every GPU may take. NVML calls on a GPU that fell
+/// off the bus can block for good; past this the reading is an error (the
+/// update waits) instead of a hung loop.
+pub const SNAPSHOT_DEADLINE: Duration = Duration::from_secs(30);
+/// Snapshots that ran past their deadline and still block their thread; at
+/// this many no new one is started (each would hold a thread for good).
+const MAX_STUCK_READS: usize = 4;
+static STUCK_READS: AtomicUsize = AtomicUsize::new(0);
+
+/// Reads every GPU now on a blocking thread (NVML calls block), for async
+/// callers, within [`SNAPSHOT_DEADLINE`].
 pub async fn read(probe: std::sync::Arc<dyn GpuProbe>) -> Result<Snapshot, GpuError> {
-    tokio::task::spawn_blocking(move || probe.snapshot())
-        .await
-        .unwrap_or_else(|e| {
-            Err(GpuError::Nvml {
-                call: "snapshot",
-                message: e.to_string(),
-            })
+    read_within(probe, SNAPSHOT_DEADLINE).await
+}
+
+/// [`read`] with another deadline. A read past `deadline` is an error that
+/// says the GPUs do not answer; its thread is left to finish on its own.
+pub async fn read_within(
+    probe: std::sync::Arc<dyn GpuProbe>,
+    deadline: Duration,
+) -> Result<Snapshot, GpuError> {
+    let hung = |what: String| GpuError::Nvml {
+        call: "snapshot",
+        message: what,
+    };
+    let stuck = STUCK_READS.load(Ordering::SeqCst);
+    if stuck >= MAX_STUCK_READS {
+        return Err(hung(format!(
+            "{stuck} earlier readings of the GPUs never returned: a GPU may have fallen off the bus \
+             (look for XID 79 in the kernel log); reset the GPU or reboot the host"
+        )));
+    }
+    // Set when the caller gave up: the thread then counts itself stuck until it returns.
+    let gave_up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = gave_up.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // The reading runs on a thread of its own, which may never end; a
+    // blocking task of the runtime waits for it up to `deadline` (so that
+    // tokio knows work is under way, and a stopping runtime waits at most that).
+    std::thread::Builder::new()
+        .name("nvml-snapshot".into())
+        .spawn(move || {
+            let r = probe.snapshot();
+            if flag.swap(true, Ordering::SeqCst) {
+                STUCK_READS.fetch_sub(1, Ordering::SeqCst);
+            }
+            let _ = tx.send(r);
         })
+        .map_err(|e| hung(format!("starting a thread to read the GPUs: {e}")))?;
+    let waited = tokio::task::spawn_blocking(move || rx.recv_timeout(deadline)).await;
+    match waited {
+        Ok(Ok(r)) => r,
+        Ok(Err(std::sync::mpsc::RecvTimeoutError::Timeout)) => {
+            if !gave_up.swap(true, Ordering::SeqCst) {
+                STUCK_READS.fetch_add(1, Ordering::SeqCst);
+            }
+            tracing::error!(deadline = ?deadline, "reading the GPUs through NVML did not return in time");
+            Err(hung(format!(
+                "no answer within {}s: a GPU may have fallen off the bus (look for XID 79 in the kernel log); \
+                 reset the GPU or reboot the host",
+                deadline.as_secs_f64()
+            )))
+        }
+        Ok(Err(std::sync::mpsc::RecvTimeoutError::Disconnected)) => Err(hung(
+            "the thread reading the GPUs ended without an answer".into(),
+        )),
+        Err(e) => Err(hung(e.to_string())),
+    }
 }
 
 /// "GPU 1 (GPU-…)": how every message names a GPU.

@@ -5,23 +5,36 @@
 //!   Written atomically (temp file, fsync, rename, fsync of the folder) before
 //!   every step, so a crash at any point leaves the last step on disk.
 //! - `history.jsonl`: the append-only audit trail, one JSON object a line,
-//!   fsynced after each append. A torn last line (crash mid-write) is skipped
-//!   when read, never rewritten.
+//!   fsynced after each append. A line that does not parse (a torn last line
+//!   from a crash mid-write, a line cut inside a UTF-8 character, garbage) is
+//!   skipped when read, never rewritten and never fatal. When an append would
+//!   take the file past `agent.history_max`, it is first renamed to
+//!   `history.jsonl.1` (replacing the older part), so the history on disk stays
+//!   under twice that. `agentctl history -n N` reads the file backwards, so it
+//!   answers in the same time on a host that kept years of history.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use atomicwrites::{AtomicFile, OverwriteBehavior};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::phase::Phase;
 
 pub const STATE_FILE: &str = "state.json";
 pub const HISTORY_FILE: &str = "history.jsonl";
+/// The older part of the history, kept beside it after a rotation.
+pub const HISTORY_OLD_FILE: &str = "history.jsonl.1";
+/// `agent.history_max` when the config does not say.
+pub const DEFAULT_HISTORY_MAX: u64 = 16 * 1024 * 1024;
+/// How much of the history file a backwards read takes at a time.
+const TAIL_CHUNK: u64 = 64 * 1024;
 /// How many bad marks and earlier good digests the state keeps.
 const KEEP: usize = 20;
 
@@ -311,10 +324,12 @@ pub enum Outcome {
     Aborted,
 }
 
-/// The state and history files of one agent.
+/// The state and history files of one agent. Clones share the history's
+/// size limit ([`Journal::set_history_max`]).
 #[derive(Debug, Clone)]
 pub struct Journal {
     dir: PathBuf,
+    history_max: Arc<AtomicU64>,
 }
 
 impl Journal {
@@ -327,7 +342,18 @@ impl Journal {
         })?;
         Ok(Journal {
             dir: dir.to_path_buf(),
+            history_max: Arc::new(AtomicU64::new(DEFAULT_HISTORY_MAX)),
         })
+    }
+
+    /// Sets the size past which the history is rotated (`agent.history_max`),
+    /// for this journal and every clone of it.
+    pub fn set_history_max(&self, bytes: u64) {
+        self.history_max.store(bytes.max(1), Ordering::Relaxed);
+    }
+
+    pub fn history_max(&self) -> u64 {
+        self.history_max.load(Ordering::Relaxed)
     }
 
     pub fn state_path(&self) -> PathBuf {
@@ -336,6 +362,11 @@ impl Journal {
 
     pub fn history_path(&self) -> PathBuf {
         self.dir.join(HISTORY_FILE)
+    }
+
+    /// The older part of the history (after a rotation).
+    pub fn history_old_path(&self) -> PathBuf {
+        self.dir.join(HISTORY_OLD_FILE)
     }
 
     /// Reads the state. A missing file is a fresh state. A file that does not
@@ -405,6 +436,7 @@ impl Journal {
         };
         let mut line = serde_json::to_vec(entry).expect("history entry serialises");
         line.push(b'\n');
+        self.rotate_if_full(line.len() as u64)?;
         let mut f = OpenOptions::new()
             .create(true)
             .append(true)
@@ -418,43 +450,141 @@ impl Journal {
         f.sync_data().map_err(|e| io("syncing", e))
     }
 
-    /// The whole history, oldest first; lines that do not parse are skipped.
-    pub fn history(&self) -> Result<Vec<HistoryEntry>, JournalError> {
+    /// Renames the history to `history.jsonl.1` (replacing the older part)
+    /// when `adding` more bytes would take it past `agent.history_max`.
+    fn rotate_if_full(&self, adding: u64) -> Result<(), JournalError> {
         let path = self.history_path();
-        let f = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        let len = match std::fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(source) => {
                 return Err(JournalError::Io {
-                    action: "reading",
+                    action: "reading the size of",
                     path,
                     source,
                 })
             }
         };
+        let max = self.history_max();
+        if len == 0 || len.saturating_add(adding) <= max {
+            return Ok(());
+        }
+        let old = self.history_old_path();
+        std::fs::rename(&path, &old).map_err(|source| JournalError::Io {
+            action: "rotating",
+            path: path.clone(),
+            source,
+        })?;
+        // The rename is durable before the new file gets its first line.
+        if let Ok(d) = File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        info!(path = %path.display(), kept_as = %old.display(), size = len, max,
+              "history rotated (agent.history_max)");
+        Ok(())
+    }
+
+    /// The whole history (the older part first), oldest first; lines that do
+    /// not parse are skipped.
+    pub fn history(&self) -> Result<Vec<HistoryEntry>, JournalError> {
         let mut out = Vec::new();
-        for line in BufReader::new(f).lines() {
-            let line = line.map_err(|source| JournalError::Io {
+        for path in [self.history_old_path(), self.history_path()] {
+            let bytes = match std::fs::read(&path) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(source) => {
+                    return Err(JournalError::Io {
+                        action: "reading",
+                        path,
+                        source,
+                    })
+                }
+            };
+            out.extend(
+                bytes
+                    .split(|b| *b == b'\n')
+                    .filter_map(|l| parse_line(&path, l)),
+            );
+        }
+        Ok(out)
+    }
+
+    /// The last `n` entries, oldest first, read from the end of the history
+    /// (into its older part when the newer one holds fewer): the time it
+    /// takes does not grow with the history.
+    pub fn history_tail(&self, n: usize) -> Result<Vec<HistoryEntry>, JournalError> {
+        let mut newest_first = Vec::with_capacity(n.min(1024));
+        for path in [self.history_path(), self.history_old_path()] {
+            if newest_first.len() >= n {
+                break;
+            }
+            let want = n - newest_first.len();
+            read_backwards(&path, want, &mut newest_first).map_err(|source| JournalError::Io {
                 action: "reading",
                 path: path.clone(),
                 source,
             })?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            match serde_json::from_str(&line) {
-                Ok(e) => out.push(e),
-                Err(e) => {
-                    warn!(path = %path.display(), error = %e, "skipping a history line that does not parse")
-                }
-            }
         }
-        Ok(out)
+        newest_first.reverse();
+        Ok(newest_first)
     }
 }
 
+/// One history line, or `None` (logged) for a blank line or one that does
+/// not parse: torn, cut inside a UTF-8 character, or garbage.
+fn parse_line(path: &Path, line: &[u8]) -> Option<HistoryEntry> {
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return None;
+    }
+    match serde_json::from_slice(line) {
+        Ok(e) => Some(e),
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "skipping a history line that does not parse");
+            None
+        }
+    }
+}
+
+/// Pushes up to `want` entries of the file at `path` onto `out`, newest
+/// first, reading it from the end in [`TAIL_CHUNK`] blocks. A missing file
+/// holds none.
+fn read_backwards(path: &Path, want: usize, out: &mut Vec<HistoryEntry>) -> std::io::Result<()> {
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let goal = out.len() + want;
+    let mut pos = f.seek(SeekFrom::End(0))?;
+    // The bytes from `pos` to the start of the lines already taken: the
+    // end of a line whose start is further back.
+    let mut rest: Vec<u8> = Vec::new();
+    while pos > 0 && out.len() < goal {
+        let start = pos.saturating_sub(TAIL_CHUNK);
+        let mut block = vec![0u8; (pos - start) as usize];
+        f.seek(SeekFrom::Start(start))?;
+        f.read_exact(&mut block)?;
+        block.extend_from_slice(&rest);
+        rest = block;
+        let mut end = rest.len();
+        while out.len() < goal {
+            let Some(nl) = rest[..end].iter().rposition(|b| *b == b'\n') else {
+                break;
+            };
+            out.extend(parse_line(path, &rest[nl + 1..end]));
+            end = nl;
+        }
+        rest.truncate(end);
+        pos = start;
+    }
+    // The file's first line has no newline before it.
+    if pos == 0 && out.len() < goal {
+        out.extend(parse_line(path, &rest));
+    }
+    Ok(())
+}
+
 fn needs_newline(path: &Path) -> bool {
-    use std::io::{Read, Seek, SeekFrom};
     let Ok(mut f) = File::open(path) else {
         return false;
     };
@@ -618,6 +748,81 @@ mod tests {
             "downtime_ms",
         ] {
             assert!(first.get(k).is_some(), "history line lacks {k}: {first}");
+        }
+    }
+
+    #[test]
+    fn a_line_cut_inside_a_utf8_character_or_garbage_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let mut first = entry(Outcome::Success);
+        first.error = Some("température élevée".into());
+        j.append(&first).unwrap();
+        // The same line cut inside "é" (two bytes), then garbage bytes.
+        let full = serde_json::to_vec(&first).unwrap();
+        let cut = full.iter().position(|b| *b == 0xC3).unwrap() + 1;
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(j.history_path())
+            .unwrap();
+        f.write_all(&full[..cut]).unwrap();
+        f.write_all(b"\n\xff\xfe{not json\n\n").unwrap();
+        j.append(&entry(Outcome::RolledBack)).unwrap();
+        let h = j.history().unwrap();
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h[0].error.as_deref(), Some("température élevée"));
+        assert_eq!(j.history_tail(5).unwrap(), h);
+        assert_eq!(j.history_tail(1).unwrap(), h[1..].to_vec());
+        // Cut at the very end, inside the character, with no newline after it.
+        f.write_all(&full[..cut]).unwrap();
+        assert_eq!(j.history().unwrap(), h);
+        assert_eq!(j.history_tail(2).unwrap(), h);
+    }
+
+    #[test]
+    fn history_rotates_by_size_and_the_tail_reads_across_both_parts() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let line = serde_json::to_vec(&entry(Outcome::Success)).unwrap().len() as u64 + 1;
+        // Ten lines a part.
+        j.set_history_max(10 * line);
+        let mut all = Vec::new();
+        for i in 0..25u64 {
+            let mut e = entry(Outcome::Success);
+            e.downtime_ms = Some(i);
+            j.append(&e).unwrap();
+            all.push(e);
+        }
+        let size = |p: PathBuf| std::fs::metadata(p).unwrap().len();
+        assert!(size(j.history_path()) <= 10 * line);
+        assert!(size(j.history_old_path()) <= 10 * line);
+        // What is on disk: the last 15 or so; the oldest went with the second rotation.
+        let h = j.history().unwrap();
+        assert_eq!(h, all[all.len() - h.len()..].to_vec());
+        assert!(h.len() >= 11, "the older part is kept beside: {}", h.len());
+        for n in [1, 3, 5, 10, 12, h.len(), 100] {
+            let tail = j.history_tail(n).unwrap();
+            assert_eq!(tail, h[h.len().saturating_sub(n)..].to_vec(), "n = {n}");
+        }
+    }
+
+    #[test]
+    fn the_tail_reads_lines_longer_than_its_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let mut long = entry(Outcome::RolledBack);
+        long.error = Some("é".repeat(TAIL_CHUNK as usize));
+        for _ in 0..3 {
+            j.append(&entry(Outcome::Success)).unwrap();
+            j.append(&long).unwrap();
+        }
+        let h = j.history().unwrap();
+        assert_eq!(h.len(), 6);
+        for n in 1..=7 {
+            assert_eq!(
+                j.history_tail(n).unwrap(),
+                h[h.len().saturating_sub(n)..].to_vec()
+            );
         }
     }
 }

@@ -20,6 +20,8 @@
  *   cuda=12040                nvmlSystemGetCudaDriverVersion_v2 (1000*major + 10*minor)
  *   fail_init=1               nvmlInit_v2 returns NVML_ERROR_DRIVER_NOT_LOADED
  *   fail_wait=N               the first N nvmlEventSetWait_v2 calls return NVML_ERROR_UNKNOWN
+ *   hang_ms=N                 nvmlDeviceGetTemperature blocks N ms before it answers (a GPU
+ *                             that fell off the bus: NVML calls that do not return)
  *   record_calls=1            keep per-function call counts in `fake_nvml.calls`
  *                             next to the library (updated on every call, and
  *                             carried over when the library is loaded again)
@@ -500,7 +502,17 @@ nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, nvmlMemory_v2_t *me
 
 nvmlReturn_t nvmlDeviceGetTemperature(nvmlDevice_t device, nvmlTemperatureSensors_t sensorType,
                                       unsigned int *temp) {
+    unsigned long long hang = 0;
     enter(C_TEMP);
+    num(get("hang_ms"), 0, &hang);
+    if (hang) {
+        /* Without the lock, so that the XID watcher goes on. */
+        struct timespec ts = {(time_t)(hang / 1000), (long)(hang % 1000) * 1000000L};
+        pthread_mutex_unlock(&lock);
+        nanosleep(&ts, NULL);
+        pthread_mutex_lock(&lock);
+        load_state();
+    }
     if (sensorType != NVML_TEMPERATURE_GPU)
         return leave(NVML_ERROR_INVALID_ARGUMENT);
     GPU_READING(unsigned int, "temp", 40, temp);
