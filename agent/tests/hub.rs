@@ -545,3 +545,41 @@ async fn a_stopping_agent_still_reports_the_update_its_stop_aborted() {
         Some(v1.as_str())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hubs_authority_is_bounded_a_named_digest_needs_desired_from_hub_and_swaps_a_budget() {
+    let h = Hubbed::new("hub-bounds").await;
+    let s = &h.s;
+    let v1 = s.push("v1", "stable");
+    let v2 = s.push("v2", "other");
+    // A hub that does not decide the digest: a nudge naming one is a check.
+    let mut agent = s.start_agent(&h.config("tag = \"stable\"", "", "", ""));
+    s.wait_history(&v1, "success", &agent).await;
+    h.wait_stream(&agent, 1).await;
+    h.nudge(Some(&v2));
+    agent.wait_log("the hub does not decide the digest").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !s.history().iter().any(|e| e["to"] == v2.as_str()),
+        "{:#?}",
+        s.history()
+    );
+    agent.kill9();
+
+    // A hub that decides, with a budget of one swap an hour: the second
+    // flip waits, and status says until when.
+    let cfg = h.config(
+        "tag = \"stable\"",
+        "",
+        "desired_from_hub = true\nmax_swaps_per_hour = 1",
+        "",
+    );
+    let agent = s.start_agent(&cfg);
+    h.wait_stream(&agent, 2).await;
+    h.nudge(Some(&v2));
+    s.wait_history(&v2, "success", &agent).await;
+    h.nudge(Some(&v1));
+    agent.wait_log("hub swap budget spent").await;
+    let st = ctl(s, &["status", "--json"]).await.json();
+    assert_eq!(st["current_digest"], v2.as_str(), "{st:#}");
+}
