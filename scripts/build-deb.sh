@@ -4,8 +4,8 @@
 #   scripts/build-deb.sh [CARGO DEB ARGS...]     e.g. --deb-revision 2, -o DIR, --fast
 #
 # Installs cargo-deb (cargo install --locked) when it is missing, then runs
-# `cargo deb -p gpu-agent`, which makes a release build of gpu-agent and
-# agentctl, writes their man pages and agentctl's bash/zsh/fish completions
+# `cargo deb -p gpu-agent`, which makes a release build of gpu-agent,
+# agentctl and gpu-fleet, writes their man pages and agentctl's and gpu-fleet's bash/zsh/fish completions
 # into target/assets/, and packs them with the unit (systemd/gpu-agent.service), the
 # commented config (packaging/agent.toml, a conffile) and the maintainer
 # scripts (packaging/debian/). The metadata is in agent/Cargo.toml,
@@ -38,7 +38,7 @@ target="${CARGO_TARGET_DIR:-target}"
 bins="$target/$profile_dir"
 
 if [ "${NO_BUILD:-0}" = 1 ]; then
-    for b in gpu-agent agentctl; do
+    for b in gpu-agent agentctl gpu-fleet; do
         [ -x "$bins/$b" ] || { echo "error: $bins/$b is not built (NO_BUILD=1)" >&2; exit 1; }
     done
 else
@@ -52,10 +52,16 @@ assets=target/assets # where agent/Cargo.toml's assets expect them, whatever CAR
 rm -rf "$assets" && mkdir -p "$assets/man" "$assets/completions"
 "$bins/gpu-agent" man --out "$assets/man" >/dev/null
 "$bins/agentctl" man --out "$assets/man" >/dev/null
+"$bins/gpu-fleet" man --out "$assets/man" >/dev/null
 gzip -9n "$assets"/man/*.1
 "$bins/agentctl" completions bash >"$assets/completions/agentctl.bash"
 "$bins/agentctl" completions zsh >"$assets/completions/_agentctl"
 "$bins/agentctl" completions fish >"$assets/completions/agentctl.fish"
+for sh in bash zsh fish; do
+    f="gpu-fleet.$sh"
+    [ "$sh" = zsh ] && f=_gpu-fleet
+    "$bins/gpu-fleet" completions "$sh" >"$assets/completions/$f"
+done
 
 # cargo-deb maps the assets' target/release/ to the profile's own folder.
 echo "==> cargo deb -p gpu-agent --no-build --profile $profile $*"

@@ -19,6 +19,7 @@ pub struct Fragment {
     pub worker: Option<WorkerFragment>,
     pub gpu: Option<GpuFragment>,
     pub hub: Option<HubFragment>,
+    pub fleet: Option<FleetFragment>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -110,4 +111,18 @@ pub struct HubFragment {
     pub desired_from_hub: Option<bool>,
     pub verify_registration: Option<bool>,
     pub registration_timeout: Option<DurationStr>,
+}
+
+/// `[fleet]`: the etcd cluster and group of a fleet (see `fleet/`).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetFragment {
+    pub etcd: Option<Vec<String>>,
+    pub group: Option<String>,
+    pub ca_file: Option<String>,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    pub username: Option<String>,
+    pub password_file: Option<String>,
+    pub insecure: Option<bool>,
 }
