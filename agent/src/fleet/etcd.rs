@@ -4,7 +4,7 @@
 //! "etcd requests per host per minute").
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,13 +46,23 @@ impl EtcdOptions {
     }
 }
 
-/// A connected client (cheap to clone; clones share the connection and the counter).
+/// A connected client (cheap to clone; clones share the connections and the
+/// counter). It keeps one connection per member and sends each request to the
+/// member that last answered, moving on to the next when one does not answer,
+/// so a dead member costs one refused connection, not a stuck group.
 #[derive(Clone)]
 pub struct Etcd {
-    client: Client,
+    members: Arc<Vec<Member>>,
+    current: Arc<AtomicUsize>,
+    options: Option<ConnectOptions>,
     endpoints: String,
     timeout: Duration,
     requests: Arc<AtomicU64>,
+}
+
+struct Member {
+    endpoint: String,
+    client: tokio::sync::Mutex<Option<Client>>,
 }
 
 fn read(path: &PathBuf) -> Result<Vec<u8>, FleetError> {
@@ -63,9 +73,9 @@ fn read(path: &PathBuf) -> Result<Vec<u8>, FleetError> {
 }
 
 impl Etcd {
-    /// Connects (lazily: members that are down now are tried again at each
-    /// request). Fails only on bad options, or when auth is set and no member
-    /// answers the authentication.
+    /// Connects to the members (lazily: a member that is down now is tried
+    /// again when its turn comes). Fails on bad options, and when no member
+    /// answers while auth is set (authentication needs one).
     pub async fn connect(opts: &EtcdOptions) -> Result<Etcd, FleetError> {
         crate::init_tls();
         let endpoints = opts.endpoints.join(",");
@@ -100,26 +110,79 @@ impl Etcd {
             let pw = String::from_utf8_lossy(&read(path)?).trim_end().to_string();
             co = co.with_user(user.clone(), pw);
         }
-        let conn = tokio::time::timeout(
-            opts.connect_timeout + opts.request_timeout,
-            Client::connect(&opts.endpoints, Some(co)),
-        )
-        .await
-        .map_err(|_| FleetError::Unreachable {
-            endpoints: endpoints.clone(),
-            message: "no member answered in time".into(),
-        })?
-        .map_err(|e| map_err(&endpoints, e))?;
-        Ok(Etcd {
-            client: conn,
+        let etcd = Etcd {
+            members: Arc::new(
+                opts.endpoints
+                    .iter()
+                    .map(|e| Member {
+                        endpoint: e.clone(),
+                        client: tokio::sync::Mutex::new(None),
+                    })
+                    .collect(),
+            ),
+            current: Arc::new(AtomicUsize::new(0)),
+            options: Some(co),
             endpoints,
             timeout: opts.request_timeout,
             requests: Arc::new(AtomicU64::new(0)),
-        })
+        };
+        // Connect one member now, so bad TLS or auth shows at once.
+        let mut last = None;
+        for _ in 0..etcd.members.len() {
+            let i = etcd.current.load(Ordering::Relaxed);
+            match etcd.client(i).await {
+                Ok(_) => return Ok(etcd),
+                Err(e) if e.is_unreachable() => {
+                    etcd.failed(i);
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        match (last, opts.username.is_some()) {
+            // Nothing answers now: requests try again (and say so) later.
+            (Some(_), false) => Ok(etcd),
+            (Some(e), true) => Err(e),
+            (None, _) => Ok(etcd),
+        }
     }
 
-    /// The same connection with its own request counter (the simulation gives
-    /// each simulated host one).
+    /// Member `i`'s client, connecting it if needed.
+    async fn client(&self, i: usize) -> Result<Client, FleetError> {
+        let m = &self.members[i];
+        let mut slot = m.client.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = tokio::time::timeout(
+            self.timeout + Duration::from_secs(1),
+            Client::connect([m.endpoint.as_str()], self.options.clone()),
+        )
+        .await
+        .map_err(|_| FleetError::Unreachable {
+            endpoints: m.endpoint.clone(),
+            message: "no answer in time".into(),
+        })?
+        .map_err(|e| map_err(&m.endpoint, e))?;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Moves on from member `i` (if no one else did already).
+    fn failed(&self, i: usize) {
+        let next = (i + 1) % self.members.len();
+        let _ = self
+            .current
+            .compare_exchange(i, next, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Moves on to the next member (a watch or keep-alive stream broke).
+    pub fn rotate(&self) {
+        self.failed(self.current.load(Ordering::Relaxed));
+    }
+
+    /// The same connections with their own request counter (the simulation
+    /// gives each simulated host one).
     pub fn with_counter(&self, requests: Arc<AtomicU64>) -> Etcd {
         Etcd {
             requests,
@@ -132,7 +195,7 @@ impl Etcd {
         self.requests.load(Ordering::Relaxed)
     }
 
-    /// Counts a request sent on a stream (a lease keep-alive).
+    /// Counts a request sent on a stream (a lease keep-alive, a watch added).
     pub fn count(&self) {
         self.requests.fetch_add(1, Ordering::Relaxed);
     }
@@ -141,18 +204,43 @@ impl Etcd {
         &self.endpoints
     }
 
-    async fn call<T>(
-        &self,
-        fut: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<T, FleetError> {
-        self.count();
-        match tokio::time::timeout(self.timeout, fut).await {
-            Ok(r) => r.map_err(|e| map_err(&self.endpoints, e)),
-            Err(_) => Err(FleetError::Unreachable {
-                endpoints: self.endpoints.clone(),
-                message: format!("no answer within {:?}", self.timeout),
-            }),
+    /// Runs `f` on the current member, then on the next ones while they do
+    /// not answer; each try has the request timeout.
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T, FleetError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let mut last = None;
+        for _ in 0..self.members.len() {
+            let i = self.current.load(Ordering::Relaxed);
+            self.count();
+            let r = match self.client(i).await {
+                Ok(c) => match tokio::time::timeout(self.timeout, f(c)).await {
+                    Ok(r) => r.map_err(|e| map_err(&self.members[i].endpoint, e)),
+                    Err(_) => Err(FleetError::Unreachable {
+                        endpoints: self.members[i].endpoint.clone(),
+                        message: format!("no answer within {:?}", self.timeout),
+                    }),
+                },
+                Err(e) => Err(e),
+            };
+            match r {
+                Err(e) if e.is_unreachable() => {
+                    self.failed(i);
+                    last = Some(e);
+                }
+                r => return r,
+            }
         }
+        Err(match last {
+            Some(FleetError::Unreachable { message, .. }) => FleetError::Unreachable {
+                endpoints: self.endpoints.clone(),
+                message,
+            },
+            Some(e) => e,
+            None => FleetError::Invalid("no etcd endpoint given".into()),
+        })
     }
 
     pub async fn get(
@@ -160,8 +248,12 @@ impl Etcd {
         key: impl Into<Vec<u8>>,
         opts: Option<GetOptions>,
     ) -> Result<GetResponse, FleetError> {
-        let mut c = self.client.clone();
-        self.call(c.get(key, opts)).await
+        let key = key.into();
+        self.call(|mut c| {
+            let (k, o) = (key.clone(), opts.clone());
+            async move { c.get(k, o).await }
+        })
+        .await
     }
 
     pub async fn put(
@@ -170,8 +262,13 @@ impl Etcd {
         value: impl Into<Vec<u8>>,
         opts: Option<PutOptions>,
     ) -> Result<(), FleetError> {
-        let mut c = self.client.clone();
-        self.call(c.put(key, value, opts)).await.map(|_| ())
+        let (key, value) = (key.into(), value.into());
+        self.call(|mut c| {
+            let (k, v, o) = (key.clone(), value.clone(), opts.clone());
+            async move { c.put(k, v, o).await }
+        })
+        .await
+        .map(|_| ())
     }
 
     pub async fn delete(
@@ -179,13 +276,23 @@ impl Etcd {
         key: impl Into<Vec<u8>>,
         opts: Option<DeleteOptions>,
     ) -> Result<DeleteResponse, FleetError> {
-        let mut c = self.client.clone();
-        self.call(c.delete(key, opts)).await
+        let key = key.into();
+        self.call(|mut c| {
+            let (k, o) = (key.clone(), opts.clone());
+            async move { c.delete(k, o).await }
+        })
+        .await
     }
 
+    /// A transaction; retried on another member only when the first did not
+    /// answer (every transaction here is safe to repeat: a create compares
+    /// `create_revision == 0`, a rewrite compares the revision it read).
     pub async fn txn(&self, txn: Txn) -> Result<TxnResponse, FleetError> {
-        let mut c = self.client.clone();
-        self.call(c.txn(txn)).await
+        self.call(|mut c| {
+            let t = txn.clone();
+            async move { c.txn(t).await }
+        })
+        .await
     }
 
     /// Opens a watch (the events then come on the stream without requests).
@@ -194,27 +301,33 @@ impl Etcd {
         key: impl Into<Vec<u8>>,
         opts: Option<WatchOptions>,
     ) -> Result<WatchStream, FleetError> {
-        let mut c = self.client.clone();
-        self.call(c.watch(key, opts)).await
+        let key = key.into();
+        self.call(|mut c| {
+            let (k, o) = (key.clone(), opts.clone());
+            async move { c.watch(k, o).await }
+        })
+        .await
     }
 
     /// Grants a lease of `ttl` seconds; returns its id.
     pub async fn lease_grant(&self, ttl: i64) -> Result<i64, FleetError> {
-        let mut c = self.client.clone();
-        self.call(c.lease_grant(ttl, None)).await.map(|r| r.id())
+        self.call(|mut c| async move { c.lease_grant(ttl, None).await })
+            .await
+            .map(|r| r.id())
     }
 
     pub async fn lease_revoke(&self, id: i64) -> Result<(), FleetError> {
-        let mut c = self.client.clone();
-        self.call(c.lease_revoke(id)).await.map(|_| ())
+        self.call(|mut c| async move { c.lease_revoke(id).await })
+            .await
+            .map(|_| ())
     }
 
     pub async fn keep_alive(
         &self,
         id: i64,
     ) -> Result<(LeaseKeeper, LeaseKeepAliveStream), FleetError> {
-        let mut c = self.client.clone();
-        self.call(c.lease_keep_alive(id)).await
+        self.call(|mut c| async move { c.lease_keep_alive(id).await })
+            .await
     }
 
     /// Sends one keep-alive and waits for its answer; `Ok(false)` when the

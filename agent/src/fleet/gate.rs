@@ -189,6 +189,9 @@ async fn session(inner: Arc<Inner>) {
     loop {
         let started = tokio::time::Instant::now();
         let err = run_session(&inner).await;
+        if err.is_unreachable() {
+            inner.etcd.rotate();
+        }
         {
             let mut st = inner.lock();
             if st.reachable {
@@ -196,6 +199,10 @@ async fn session(inner: Arc<Inner>) {
             }
             st.reachable = false;
             st.last_error = Some(err.to_string());
+            if err.to_string().contains("lease not found") {
+                // It expired while the host was cut off: the next stretch takes a new one.
+                st.lease = None;
+            }
             if let Some(w) = st.waiter.as_mut() {
                 w.live = false;
             }
@@ -591,6 +598,8 @@ impl Inner {
             .await?;
         let me = self.clone();
         let d = digest.to_string();
+        // Spawned under the lock, so the task never sees the state without its watch.
+        let mut st = self.lock();
         let task = tokio::spawn(async move {
             while let Ok(Some(resp)) = ws.message().await {
                 if resp.canceled() {
@@ -619,7 +628,6 @@ impl Inner {
             }
             me.wake();
         });
-        let mut st = self.lock();
         if let Some(old) = st.canary.take() {
             old.task.abort();
         }
@@ -742,6 +750,8 @@ impl Inner {
             .await?;
         let me = self.clone();
         let own = self.keys.slot(&self.host);
+        // Spawned under the lock, so the task never sees the state without its waiter.
+        let mut st = self.lock();
         let task = tokio::spawn(async move {
             while let Ok(Some(resp)) = ws.message().await {
                 if resp.canceled() {
@@ -758,6 +768,7 @@ impl Inner {
                 };
                 for ev in resp.events() {
                     let Some(kv) = ev.kv() else { continue };
+                    debug!(key = %String::from_utf8_lossy(kv.key()), prev = ?ev.prev_kv().map(|p| p.create_revision()), create_revision, ahead = w.ahead, "fleet: slot queue event");
                     if kv.key() == own.as_bytes() {
                         // Our entry went (lease expired): queue again at the next decide.
                         w.live = false;
@@ -784,7 +795,6 @@ impl Inner {
             }
             me.wake();
         });
-        let mut st = self.lock();
         if let Some(old) = st.waiter.take() {
             old.task.abort();
         }
