@@ -16,6 +16,8 @@
 
 pub mod admin;
 pub mod cli;
+#[cfg(test)]
+mod config_tests;
 pub mod etcd;
 pub mod fake;
 pub mod gate;
