@@ -177,8 +177,8 @@ async fn main() -> Result<()> {
         a.bake,
         a.etcd.join(",")
     );
-    println!("| max_unavailable | slots | roll the fleet | most unavailable | req/host/min idle | req/host/min rolling | start → first drain | bad digest reached (canary 1) | bad digest reached (canary 0) |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| max_unavailable | slots | roll the fleet | most unavailable | req/host/min idle | req/host/min rolling | req/host per rollout | start → first drain | bad digest reached (canary 1) | bad digest reached (canary 0) |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     let mut next = 1u32;
     for mu in &a.max_unavailable {
         let group = format!("sim-{}-{}", mu.replace('%', "pct"), std::process::id());
@@ -305,7 +305,7 @@ async fn main() -> Result<()> {
         }
         let most = most.max(meter.max_unavailable.load(Ordering::SeqCst));
         println!(
-            "| {mu} | {slots} | {:.1} s | {most} | {idle_rate:.2} | {roll_rate:.1} | {:.0} ms | {} | {} |",
+            "| {mu} | {slots} | {:.1} s | {most} | {idle_rate:.2} | {roll_rate:.1} | {per_host:.1} | {:.0} ms | {} | {} |",
             roll.as_secs_f64(),
             first.as_secs_f64() * 1000.0,
             reached[0],

@@ -111,6 +111,7 @@ struct State {
 /// A host waiting in the slot queue: its count of entries ahead, kept by a watch.
 struct Waiter {
     digest: String,
+    lease: i64,
     create_revision: i64,
     ahead: u32,
     cap: u32,
@@ -125,6 +126,8 @@ struct CanaryWatch {
     counts: BTreeMap<String, Outcome>,
     seat: bool,
     live: bool,
+    /// Verified and baked: the watch is stopped.
+    open: bool,
     task: JoinHandle<()>,
 }
 
@@ -508,7 +511,14 @@ impl Inner {
             )
         };
         match canary_gate(&policy, &verified, now()) {
-            CanaryGate::Open => Ok(None),
+            CanaryGate::Open => {
+                // Stop following the outcomes: every later one would wake this host for nothing.
+                if let Some(c) = self.lock().canary.as_mut() {
+                    c.open = true;
+                    c.task.abort();
+                }
+                Ok(None)
+            }
             CanaryGate::Baking { until } => {
                 self.bake_timer(until);
                 Ok(Some(Decision::Wait {
@@ -637,6 +647,7 @@ impl Inner {
             counts,
             seat: false,
             live: true,
+            open: false,
             task,
         });
         Ok(())
@@ -666,6 +677,24 @@ impl Inner {
         let Some(lease) = lease else {
             return Ok(unreachable_wait(&self.lock()));
         };
+        // Waiting, and not our turn by the watch's count: answer without etcd.
+        let known = {
+            let st = self.lock();
+            match &st.waiter {
+                Some(w) if w.live && w.digest == digest && w.lease == lease => {
+                    if w.ahead >= w.cap {
+                        return Ok(Decision::Wait {
+                            why: format!(
+                                "{} hosts ahead in the queue for {} slots",
+                                w.ahead, w.cap
+                            ),
+                        });
+                    }
+                    Some(w.create_revision)
+                }
+                _ => None,
+            }
+        };
         let live = match policy.max_unavailable {
             super::MaxUnavailable::Count(_) => 0,
             super::MaxUnavailable::Percent(_) => {
@@ -673,17 +702,7 @@ impl Inner {
             }
         };
         let cap = policy.max_unavailable.slots(live);
-        {
-            let st = self.lock();
-            if let Some(w) = &st.waiter {
-                if w.live && w.digest == digest && w.ahead >= cap {
-                    return Ok(Decision::Wait {
-                        why: format!("{} hosts ahead in the queue for {cap} slots", w.ahead),
-                    });
-                }
-            }
-        }
-        match self.queue.try_acquire(digest, lease, cap).await? {
+        match self.queue.try_acquire(digest, lease, cap, known).await? {
             Standing::Holding { rank } => {
                 let mut st = self.lock();
                 if let Some(w) = st.waiter.take() {
@@ -702,7 +721,7 @@ impl Inner {
                 cap,
                 revision,
             } => {
-                self.watch_queue(digest, create_revision, ahead, cap, revision)
+                self.watch_queue(digest, lease, create_revision, ahead, cap, revision)
                     .await?;
                 Ok(Decision::Wait {
                     why: format!("{ahead} hosts ahead in the queue for {cap} slots"),
@@ -715,6 +734,7 @@ impl Inner {
     async fn watch_queue(
         self: &Arc<Self>,
         digest: &str,
+        lease: i64,
         create_revision: i64,
         ahead: u32,
         cap: u32,
@@ -724,6 +744,7 @@ impl Inner {
             let mut st = self.lock();
             match st.waiter.as_mut() {
                 Some(w) if w.live && w.create_revision == create_revision => {
+                    w.lease = lease;
                     w.ahead = ahead;
                     w.cap = cap;
                     w.digest = digest.to_string();
@@ -800,6 +821,7 @@ impl Inner {
         }
         st.waiter = Some(Waiter {
             digest: digest.to_string(),
+            lease,
             create_revision,
             ahead,
             cap,

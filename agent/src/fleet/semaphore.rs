@@ -83,34 +83,22 @@ impl SlotQueue {
     }
 
     /// Queues for a slot for `digest` under `lease` (or keeps the place it has),
-    /// and takes the slot if the host is among the first `cap`.
+    /// and takes the slot if the host is among the first `cap`. `known`: the
+    /// create revision of this host's waiting entry for `digest` under `lease`,
+    /// when the caller knows it (saves reading the entry again).
     pub async fn try_acquire(
         &self,
         digest: &str,
         lease: i64,
         cap: u32,
+        known: Option<i64>,
     ) -> Result<Standing, FleetError> {
-        let key = self.keys.slot(&self.host);
-        let mut entry = self.own().await?;
-        if let Some(e) = &entry {
-            if e.record.state == SlotState::Holding {
-                let (ahead, _) = self.ahead(e.create_revision, u32::MAX).await?;
-                return Ok(Standing::Holding { rank: ahead });
-            }
-            if e.lease != lease || e.record.digest != digest {
-                // Same place, this session's lease and the digest it now wants.
-                let rec = SlotRecord {
-                    digest: digest.to_string(),
-                    ..e.record.clone()
-                };
-                if !self.put_if(e.create_revision, &rec, Some(lease)).await? {
-                    entry = None;
-                }
-            }
-        }
-        let create_revision = match entry {
-            Some(e) => e.create_revision,
-            None => self.enqueue(&key, digest, lease).await?,
+        let create_revision = match known {
+            Some(cr) => cr,
+            None => match self.place(digest, lease).await? {
+                Ok(cr) => cr,
+                Err(rank) => return Ok(Standing::Holding { rank }),
+            },
         };
         let (ahead, revision) = self.ahead(create_revision, cap).await?;
         if ahead < cap {
@@ -149,6 +137,30 @@ impl SlotQueue {
             cap,
             revision,
         })
+    }
+
+    /// This host's place in the queue: `Ok(create_revision)` of its waiting
+    /// entry (queued now if it had none), or `Err(rank)` if it holds a slot.
+    async fn place(&self, digest: &str, lease: i64) -> Result<Result<i64, u32>, FleetError> {
+        let key = self.keys.slot(&self.host);
+        if let Some(e) = self.own().await? {
+            if e.record.state == SlotState::Holding {
+                let (ahead, _) = self.ahead(e.create_revision, u32::MAX).await?;
+                return Ok(Err(ahead));
+            }
+            if e.lease == lease && e.record.digest == digest {
+                return Ok(Ok(e.create_revision));
+            }
+            // Same place, this session's lease and the digest it now wants.
+            let rec = SlotRecord {
+                digest: digest.to_string(),
+                ..e.record.clone()
+            };
+            if self.put_if(e.create_revision, &rec, Some(lease)).await? {
+                return Ok(Ok(e.create_revision));
+            }
+        }
+        Ok(Ok(self.enqueue(&key, digest, lease).await?))
     }
 
     async fn enqueue(&self, key: &str, digest: &str, lease: i64) -> Result<i64, FleetError> {
