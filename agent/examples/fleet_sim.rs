@@ -250,8 +250,8 @@ async fn main() -> Result<()> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let roll = start.elapsed();
-        let roll_rate =
-            (total(&hosts) - r0) as f64 / f64::from(a.hosts) / roll.as_secs_f64() * 60.0;
+        let per_host = (total(&hosts) - r0) as f64 / f64::from(a.hosts);
+        let roll_rate = per_host / roll.as_secs_f64() * 60.0;
         let first = meter
             .first_drain
             .lock()

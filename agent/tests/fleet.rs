@@ -510,3 +510,286 @@ fn gpu_fleet_policy_and_refusals_on_a_real_cluster() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["rollout"]["state"], "rolling");
 }
+
+/// One etcd member with `args` (TLS or not), on fresh loopback ports; killed on drop.
+struct Single {
+    child: std::process::Child,
+    client: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Single {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn single(scheme: &str, extra: &[String]) -> Single {
+    let dir = tempfile::tempdir().unwrap();
+    let ls: Vec<_> = (0..2)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let (cp, pp) = (
+        ls[0].local_addr().unwrap().port(),
+        ls[1].local_addr().unwrap().port(),
+    );
+    drop(ls);
+    let client = format!("{scheme}://127.0.0.1:{cp}");
+    let peer = format!("http://127.0.0.1:{pp}");
+    let child = std::process::Command::new(common_etcd::etcd_bin())
+        .args(["--name", "s", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args([
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+        ])
+        .args(["--initial-cluster", &format!("s={peer}")])
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(
+            std::fs::File::create(dir.path().join("log"))
+                .map(std::process::Stdio::from)
+                .unwrap(),
+        )
+        .spawn()
+        .unwrap();
+    Single {
+        child,
+        client,
+        _dir: dir,
+    }
+}
+
+fn run_fleet(args: &[&str]) -> (i32, String) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_gpu-fleet"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
+
+/// Retries `args` until it exits 0 (etcd starting), then returns its output.
+fn until_ok(args: &[&str]) -> String {
+    let start = Instant::now();
+    loop {
+        let (code, text) = run_fleet(args);
+        if code == 0 {
+            return text;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "gpu-fleet {args:?}: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn gpu_fleet_speaks_tls_with_a_client_certificate() {
+    let d = tempfile::tempdir().unwrap();
+    let p = |n: &str| d.path().join(n).to_string_lossy().into_owned();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "fleet test CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    std::fs::write(p("ca.pem"), ca.pem()).unwrap();
+    for (name, san) in [("server", "127.0.0.1"), ("client", "gpu-agent")] {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![san.to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, san);
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params.signed_by(&key, &ca).unwrap();
+        std::fs::write(p(&format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(p(&format!("{name}-key.pem")), key.serialize_pem()).unwrap();
+    }
+    let e = single(
+        "https",
+        &[
+            "--cert-file".into(),
+            p("server.pem"),
+            "--key-file".into(),
+            p("server-key.pem"),
+            "--client-cert-auth".into(),
+            "--trusted-ca-file".into(),
+            p("ca.pem"),
+        ],
+    );
+    let (ca_f, cert_f, key_f) = (p("ca.pem"), p("client.pem"), p("client-key.pem"));
+    let base = ["--etcd", e.client.as_str(), "--group", "tls"];
+    let full: Vec<&str> = base
+        .iter()
+        .copied()
+        .chain([
+            "--ca-file",
+            &ca_f,
+            "--cert-file",
+            &cert_f,
+            "--key-file",
+            &key_f,
+        ])
+        .collect();
+    until_ok(&[&full[..], &["policy", "set", "--canary", "3"]].concat());
+    let out = until_ok(&[&full[..], &["policy", "show"]].concat());
+    assert!(out.contains("canary 3"), "{out}");
+    // Without the client certificate, or without the CA, etcd is not reached.
+    let no_cert: Vec<&str> = base
+        .iter()
+        .copied()
+        .chain(["--ca-file", &ca_f, "policy", "show"])
+        .collect();
+    assert_ne!(run_fleet(&no_cert).0, 0);
+    let no_ca: Vec<&str> = base
+        .iter()
+        .copied()
+        .chain([
+            "--cert-file",
+            &cert_f,
+            "--key-file",
+            &key_f,
+            "policy",
+            "show",
+        ])
+        .collect();
+    assert_ne!(run_fleet(&no_ca).0, 0);
+    let half: Vec<&str> = base
+        .iter()
+        .copied()
+        .chain(["--cert-file", &cert_f, "policy", "show"])
+        .collect();
+    assert_eq!(
+        run_fleet(&half).0,
+        2,
+        "a certificate without its key is a usage error"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpu_fleet_and_the_gate_log_in_with_etcd_auth() {
+    let e = single("http", &[]);
+    let d = tempfile::tempdir().unwrap();
+    let ctl = |args: &[&str]| {
+        std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &e.client])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let start = Instant::now();
+    while !ctl(&["put", "/probe", "x"]).status.success() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "etcd did not start"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for args in [
+        vec!["user", "add", "root:rootpw"],
+        vec!["role", "add", "fleet"],
+        vec![
+            "role",
+            "grant-permission",
+            "fleet",
+            "--prefix=true",
+            "readwrite",
+            "/gpu-agent/fleet/auth/",
+        ],
+        vec!["user", "add", "gpu-agent:s3cret"],
+        vec!["user", "grant-role", "gpu-agent", "fleet"],
+        vec!["auth", "enable"],
+    ] {
+        let o = ctl(&args);
+        assert!(
+            o.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let pw = d.path().join("pw");
+    std::fs::write(&pw, "s3cret\n").unwrap();
+    let bad = d.path().join("bad");
+    std::fs::write(&bad, "nope").unwrap();
+    let pw_s = pw.to_string_lossy().into_owned();
+    let args = [
+        "--etcd",
+        &e.client,
+        "--group",
+        "auth",
+        "--username",
+        "gpu-agent",
+        "--password-file",
+        &pw_s,
+    ];
+    let out = until_ok(&[&args[..], &["policy", "set", "--max-unavailable", "2"]].concat());
+    assert!(out.contains("max_unavailable 2"), "{out}");
+    let (code, text) = run_fleet(&[
+        "--etcd",
+        &e.client,
+        "--group",
+        "auth",
+        "--username",
+        "gpu-agent",
+        "--password-file",
+        &bad.to_string_lossy(),
+        "policy",
+        "show",
+    ]);
+    assert_eq!(code, 1, "a wrong password fails: {text}");
+    assert!(
+        text.contains("authentication failed") || text.contains("auth"),
+        "{text}"
+    );
+    let (code, text) = run_fleet(&[
+        "--etcd",
+        &e.client,
+        "--group",
+        "other",
+        "--username",
+        "gpu-agent",
+        "--password-file",
+        &pw_s,
+        "policy",
+        "set",
+        "--canary",
+        "0",
+    ]);
+    assert_eq!(code, 1, "outside the granted prefix: {text}");
+    assert!(text.contains("permission denied"), "{text}");
+    // The agent's gate logs in the same way and takes a slot.
+    let mut o = EtcdOptions::new(vec![e.client.clone()]);
+    o.username = Some("gpu-agent".into());
+    o.password_file = Some(pw.clone());
+    let etcd = Etcd::connect(&o).await.unwrap();
+    fleet_ok_args(&[&args[..], &["policy", "set", "--canary", "0"]].concat());
+    let g = gate(&etcd, "auth", "h0").await;
+    go(&g, A, Duration::from_secs(10)).await;
+}
+
+fn fleet_ok_args(args: &[&str]) {
+    let (code, text) = run_fleet(args);
+    assert_eq!(code, 0, "gpu-fleet {args:?}: {text}");
+}

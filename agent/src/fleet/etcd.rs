@@ -74,8 +74,9 @@ fn read(path: &PathBuf) -> Result<Vec<u8>, FleetError> {
 
 impl Etcd {
     /// Connects to the members (lazily: a member that is down now is tried
-    /// again when its turn comes). Fails on bad options, and when no member
-    /// answers while auth is set (authentication needs one).
+    /// again when its turn comes). Fails on bad options, files that do not
+    /// read, or a member that refuses the TLS or the credentials; never only
+    /// because etcd is not reachable now.
     pub async fn connect(opts: &EtcdOptions) -> Result<Etcd, FleetError> {
         crate::init_tls();
         let endpoints = opts.endpoints.join(",");
@@ -108,7 +109,8 @@ impl Etcd {
                 FleetError::Invalid(format!("etcd user {user:?} needs a password_file"))
             })?;
             let pw = String::from_utf8_lossy(&read(path)?).trim_end().to_string();
-            co = co.with_user(user.clone(), pw);
+            // etcd's simple tokens expire (5 min idle by default): refresh them.
+            co = co.with_user(user.clone(), pw).with_auto_token_refresh(true);
         }
         let etcd = Etcd {
             members: Arc::new(
@@ -126,25 +128,17 @@ impl Etcd {
             timeout: opts.request_timeout,
             requests: Arc::new(AtomicU64::new(0)),
         };
-        // Connect one member now, so bad TLS or auth shows at once.
-        let mut last = None;
+        // Connect one member now, so bad TLS or auth shows at once; when none
+        // answers now, each request tries again (and says so) later.
         for _ in 0..etcd.members.len() {
             let i = etcd.current.load(Ordering::Relaxed);
             match etcd.client(i).await {
-                Ok(_) => return Ok(etcd),
-                Err(e) if e.is_unreachable() => {
-                    etcd.failed(i);
-                    last = Some(e);
-                }
+                Ok(_) => break,
+                Err(e) if e.is_unreachable() => etcd.failed(i),
                 Err(e) => return Err(e),
             }
         }
-        match (last, opts.username.is_some()) {
-            // Nothing answers now: requests try again (and say so) later.
-            (Some(_), false) => Ok(etcd),
-            (Some(e), true) => Err(e),
-            (None, _) => Ok(etcd),
-        }
+        Ok(etcd)
     }
 
     /// Member `i`'s client, connecting it if needed.

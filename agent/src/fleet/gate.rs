@@ -100,6 +100,8 @@ struct State {
     /// The slot held: rank when taken, and the digest it was taken for.
     slot: Option<(u32, String)>,
     release_pending: bool,
+    /// Outcomes not yet recorded (etcd was away); sent before the slot is given back.
+    pending_outcomes: Vec<(String, Outcome, String)>,
     waiter: Option<Waiter>,
     canary: Option<CanaryWatch>,
     bake_timer: Option<(i64, JoinHandle<()>)>,
@@ -278,11 +280,14 @@ async fn session_body(inner: &Arc<Inner>) -> Result<(), FleetError> {
                     inner.lock().lease = None;
                     return Err(FleetError::Etcd("the host's lease expired; taking a new one".into()));
                 }
-                let pending = inner.lock().release_pending;
-                if pending && inner.queue.release().await.is_ok() {
-                    let mut st = inner.lock();
-                    st.release_pending = false;
-                    st.slot = None;
+                if inner.flush_outcomes().await.is_ok() {
+                    let pending = inner.lock().release_pending;
+                    if pending && inner.queue.release().await.is_ok() {
+                        let mut st = inner.lock();
+                        st.release_pending = false;
+                        st.slot = None;
+                        info!("fleet: slot given back (after etcd came back)");
+                    }
                 }
             }
             m = w.message() => {
@@ -874,6 +879,18 @@ impl Inner {
         Ok(())
     }
 
+    /// Records the outcomes etcd missed, oldest first.
+    async fn flush_outcomes(&self) -> Result<(), FleetError> {
+        loop {
+            let next = self.lock().pending_outcomes.first().cloned();
+            let Some((digest, outcome, detail)) = next else {
+                return Ok(());
+            };
+            self.report_outcome(&digest, outcome, &detail).await?;
+            self.lock().pending_outcomes.remove(0);
+        }
+    }
+
     async fn release(&self) -> Result<(), FleetError> {
         {
             let mut st = self.lock();
@@ -881,7 +898,13 @@ impl Inner {
                 w.task.abort();
             }
         }
-        match self.queue.release().await {
+        // An outcome that may halt the digest goes in before the slot frees.
+        let flushed = self.flush_outcomes().await;
+        let released = match flushed {
+            Ok(()) => self.queue.release().await,
+            Err(e) => Err(e),
+        };
+        match released {
             Ok(had) => {
                 let mut st = self.lock();
                 if had || st.slot.is_some() {
@@ -945,7 +968,16 @@ impl FleetGate for EtcdGate {
         outcome: Outcome,
         detail: &str,
     ) -> Result<(), FleetError> {
-        self.inner.report_outcome(digest, outcome, detail).await
+        let r = self.inner.report_outcome(digest, outcome, detail).await;
+        if let Err(e) = &r {
+            warn!(%digest, ?outcome, error = %e, "fleet: outcome not recorded yet; sent when etcd answers, before the slot is given back");
+            self.inner.lock().pending_outcomes.push((
+                digest.to_string(),
+                outcome,
+                detail.to_string(),
+            ));
+        }
+        r
     }
 
     async fn report_host(&self, report: HostReport) {

@@ -161,3 +161,30 @@ pub struct HostReport {
     /// The last history event, in a few words.
     pub last_event: Option<String>,
 }
+
+/// The gate of a host without a `[fleet]` table: it decides alone (always Go,
+/// no desired digest), so the core can take a `FleetGate` either way.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LoneHost;
+
+impl FleetGate for LoneHost {
+    async fn decide(&self, _digest: &str) -> Decision {
+        Decision::Go { slot: 0 }
+    }
+    async fn release(&self) -> Result<(), FleetError> {
+        Ok(())
+    }
+    async fn report_outcome(&self, _: &str, _: Outcome, _: &str) -> Result<(), FleetError> {
+        Ok(())
+    }
+    async fn report_host(&self, _report: HostReport) {}
+    fn desired(&self) -> Option<String> {
+        None
+    }
+    async fn changed(&self) {
+        std::future::pending::<()>().await
+    }
+    fn view(&self) -> FleetView {
+        FleetView::default()
+    }
+}
