@@ -122,7 +122,10 @@ impl Etcd {
                     })
                     .collect(),
             ),
-            current: Arc::new(AtomicUsize::new(0)),
+            // Hosts start on a random member, so a fleet spreads its connections.
+            current: Arc::new(AtomicUsize::new(rand::random_range(
+                0..opts.endpoints.len(),
+            ))),
             options: Some(co),
             endpoints,
             timeout: opts.request_timeout,
