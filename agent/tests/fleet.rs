@@ -4,6 +4,8 @@
 //! end (the built binary).
 
 mod common_etcd;
+#[allow(dead_code)]
+mod common_registry;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -792,4 +794,62 @@ async fn gpu_fleet_and_the_gate_log_in_with_etcd_auth() {
 fn fleet_ok_args(args: &[&str]) {
     let (code, text) = run_fleet(args);
     assert_eq!(code, 0, "gpu-fleet {args:?}: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_start_resolves_a_tag_once_through_the_real_registry() {
+    use common_registry::real::{Auth, Registry, OCI_MANIFEST};
+    gpu_agent::init_tls();
+    let c = EtcdCluster::start(3);
+    let reg = Registry::start(Auth::None).await;
+    let pushed = reg
+        .pusher(None)
+        .image("fleet/worker", "v2", OCI_MANIFEST, "amd64", "v2")
+        .await;
+    let reference = format!("{}/fleet/worker:v2", reg.host());
+    let out = fleet_ok(&c, "reg", &["rollout", "start", &reference, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["rollout"]["digest"], pushed.digest.as_str(), "{out}");
+    assert_eq!(v["rollout"]["reference"], reference.as_str());
+    // The tag moves afterwards: the group's digest does not.
+    reg.pusher(None)
+        .image("fleet/worker", "v2", OCI_MANIFEST, "amd64", "v3")
+        .await;
+    let e = etcd(&c).await;
+    let g = gate(&e, "reg", "h0").await;
+    assert_eq!(g.desired().as_deref(), Some(pushed.digest.as_str()));
+    // A bare tag, with the repository from the agent's config.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nid = \"h0\"\n[image]\nrepository = \"{}/fleet/worker\"\ninsecure = true\n[fleet]\netcd = [{}]\ngroup = \"reg\"\n",
+            reg.host(),
+            c.endpoints().iter().map(|e| format!("{e:?}")).collect::<Vec<_>>().join(", ")
+        ),
+    )
+    .unwrap();
+    let (code, text) = run_fleet(&[
+        "--config",
+        &config.to_string_lossy(),
+        "rollout",
+        "start",
+        "v2",
+    ]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        !text.contains(&format!("rollout of {}", pushed.digest))
+            && text.contains(&format!("previous {}", pushed.digest)),
+        "the moved tag resolves anew: {text}"
+    );
+    let (code, text) = run_fleet(&[
+        "--config",
+        &config.to_string_lossy(),
+        "rollout",
+        "start",
+        "no-such-tag",
+    ]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("resolving"), "{text}");
 }
