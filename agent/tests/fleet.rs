@@ -853,3 +853,36 @@ async fn rollout_start_resolves_a_tag_once_through_the_real_registry() {
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("resolving"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outcome_etcd_missed_is_recorded_before_the_slot_is_given_back() {
+    let mut c = EtcdCluster::start(3);
+    fleet_ok(
+        &c,
+        "miss",
+        &["policy", "set", "--canary", "0", "--max-unavailable", "1"],
+    );
+    let e = etcd(&c).await;
+    let g = gate(&e, "miss", "h0").await;
+    go(&g, B, Duration::from_secs(10)).await;
+    c.kill_all();
+    assert!(g
+        .report_outcome(B, Outcome::RolledBack, "verify failed")
+        .await
+        .is_err());
+    assert!(g.release().await.is_err());
+    assert!(
+        g.view().slot.is_some(),
+        "the slot stays held while etcd is away"
+    );
+    c.restart_all();
+    // The session sends the outcome (which halts B), then gives the slot back.
+    let start = Instant::now();
+    while g.view().slot.is_some() {
+        assert!(start.elapsed() < Duration::from_secs(40), "{:?}", g.view());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(matches!(g.decide(B).await, Decision::Halted { .. }));
+    let out = fleet_ok(&c, "miss", &["hosts", "--json"]);
+    assert!(out.contains("\"h0\"") && !out.contains("holding"), "{out}");
+}
