@@ -97,11 +97,24 @@ pub async fn outcome_counts(
     keys: &Keys,
     digest: &str,
 ) -> Result<OutcomeCounts, FleetError> {
+    Ok(count_outcomes(outcomes(etcd, keys, digest).await?.values()))
+}
+
+pub fn count_outcomes<'a>(records: impl Iterator<Item = &'a OutcomeRecord>) -> OutcomeCounts {
     let mut c = OutcomeCounts::default();
-    for (_, rec) in outcomes(etcd, keys, digest).await? {
+    for rec in records {
         c.add(rec.outcome);
     }
-    Ok(c)
+    c
+}
+
+pub fn halt_record(counts: &OutcomeCounts, reason: &str) -> HaltRecord {
+    HaltRecord {
+        at: now(),
+        failed: counts.rolled_back,
+        tried: counts.tried(),
+        reason: reason.to_string(),
+    }
 }
 
 pub async fn outcomes(
@@ -129,12 +142,7 @@ pub async fn halt(
     counts: &OutcomeCounts,
     reason: &str,
 ) -> Result<(), FleetError> {
-    let rec = HaltRecord {
-        at: now(),
-        failed: counts.rolled_back,
-        tried: counts.tried(),
-        reason: reason.to_string(),
-    };
+    let rec = halt_record(counts, reason);
     let key = keys.halted(digest);
     let txn = Txn::new()
         .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])

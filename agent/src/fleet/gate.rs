@@ -847,19 +847,46 @@ impl Inner {
             at: now(),
             detail: detail.to_string(),
         };
-        self.etcd
-            .put(self.keys.outcome(digest, &self.host), encode(&rec), None)
-            .await?;
-        info!(%digest, ?outcome, "fleet: outcome recorded");
+        let key = self.keys.outcome(digest, &self.host);
+        if outcome != Outcome::RolledBack {
+            self.etcd.put(key.clone(), encode(&rec), None).await?;
+            info!(%digest, ?outcome, "fleet: outcome recorded");
+        }
         match outcome {
             Outcome::RolledBack => {
-                let counts = admin::outcome_counts(&self.etcd, &self.keys, digest).await?;
+                // When this rollback reaches the threshold, the halt is written in
+                // the same transaction as the outcome: no host sees the one
+                // without the other (and takes a canary seat the failure freed).
                 let policy = self.lock().policy.clone();
-                if policy.should_halt(counts.rolled_back, counts.tried()) {
-                    let reason = format!(
-                        "{} of {} hosts that tried it rolled back (halt_after {}, halt_ratio {}%); last: {} ({detail})",
-                        counts.rolled_back, counts.tried(), policy.halt_after, policy.halt_ratio, self.host
-                    );
+                let mut all = admin::outcomes(&self.etcd, &self.keys, digest).await?;
+                all.insert(self.host.clone(), rec.clone());
+                let counts = admin::count_outcomes(all.values());
+                let reason = format!(
+                    "{} of {} hosts that tried it rolled back (halt_after {}, halt_ratio {}%); last: {} ({detail})",
+                    counts.rolled_back, counts.tried(), policy.halt_after, policy.halt_ratio, self.host
+                );
+                let halt = policy.should_halt(counts.rolled_back, counts.tried());
+                let mut ops = vec![TxnOp::put(key.clone(), encode(&rec), None)];
+                if halt {
+                    ops.push(TxnOp::put(
+                        self.keys.halted(digest),
+                        encode(&admin::halt_record(&counts, &reason)),
+                        None,
+                    ));
+                }
+                let txn = Txn::new()
+                    .when([Compare::create_revision(
+                        self.keys.halted(digest),
+                        CompareOp::Equal,
+                        0,
+                    )])
+                    .and_then(ops)
+                    .or_else([TxnOp::put(key, encode(&rec), None)]);
+                self.etcd.txn(txn).await?;
+                info!(%digest, ?outcome, "fleet: outcome recorded");
+                // Rollbacks at the same moment on other hosts: count again.
+                let counts = admin::outcome_counts(&self.etcd, &self.keys, digest).await?;
+                if halt || policy.should_halt(counts.rolled_back, counts.tried()) {
                     admin::halt(&self.etcd, &self.keys, digest, &counts, &reason).await?;
                     warn!(%digest, %reason, "fleet: digest halted for the group");
                 }
