@@ -1,35 +1,25 @@
-//! [`EtcdGate`]: a host's side of the fleet on etcd.
+//! [`EtcdGate`]: a host's side of the fleet on etcd, behind [`FleetGate`].
 //!
-//! A background session keeps the host's lease alive (one keep-alive every
-//! third of its TTL: the only load of an idle host), publishes the host's
-//! record under it, and watches the group's `policy`, `rollout` and `halted/`
-//! keys on one watch stream, so a new rollout reaches the host as soon as etcd
-//! commits it. While the host waits for a slot or for the canaries it also
-//! watches the slot queue (deletions only) or the digest's outcomes; between
-//! those events a repeated [`FleetGate::decide`] answers Wait from what it
-//! knows without asking etcd. When etcd does not answer, the session says so
-//! (decide answers Wait: no update starts), retries with backoff and jitter,
-//! and on reconnecting takes a new lease if the old one expired, publishes the
-//! host again and wakes the core.
+//! The session with etcd (lease, host record, the watch on policy, rollout
+//! and halts) is in `session.rs`; canaries and bake in `canary.rs`. Here:
+//! the decision (halts and pauses, then canaries, then a slot), the wait for a
+//! slot (a watch on the slot queue counts the deletions ahead of the host, so
+//! a repeated [`FleetGate::decide`] answers Wait without asking etcd until it
+//! may be its turn), outcomes, halts and the release. A request that fails
+//! makes decide answer Wait and ask again after a short backoff; nothing here
+//! ever answers Go without a slot taken in etcd.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use etcd_client::{
-    Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchFilterType,
-    WatchOptions,
-};
-use rand::Rng;
+use etcd_client::{Compare, CompareOp, Txn, TxnOp, WatchFilterType, WatchOptions};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::keys::Keys;
-use super::policy::{canary_gate, CanaryGate};
-use super::records::{
-    decode, encode, now, HaltRecord, HostRecord, OutcomeRecord, RolloutRecord, RolloutState,
-};
+use super::records::{encode, now, HaltRecord, OutcomeRecord, RolloutRecord, RolloutState};
 use super::semaphore::{SlotQueue, Standing};
 use super::{admin, Decision, Etcd, FleetError, FleetGate, FleetView, HostReport, Outcome, Policy};
 
@@ -79,65 +69,65 @@ impl Drop for EtcdGate {
     }
 }
 
-struct Inner {
-    etcd: Etcd,
-    keys: Keys,
-    host: String,
-    group: String,
-    ttl: Duration,
-    queue: SlotQueue,
-    state: Mutex<State>,
-    notify: Notify,
+pub(super) struct Inner {
+    pub(super) etcd: Etcd,
+    pub(super) keys: Keys,
+    pub(super) host: String,
+    pub(super) group: String,
+    pub(super) ttl: Duration,
+    pub(super) queue: SlotQueue,
+    pub(super) state: Mutex<State>,
+    pub(super) notify: Notify,
 }
 
 #[derive(Default)]
-struct State {
-    reachable: bool,
-    lease: Option<i64>,
-    policy: Policy,
-    rollout: Option<RolloutRecord>,
-    halted: BTreeMap<String, HaltRecord>,
+pub(super) struct State {
+    pub(super) reachable: bool,
+    pub(super) lease: Option<i64>,
+    pub(super) policy: Policy,
+    pub(super) rollout: Option<RolloutRecord>,
+    pub(super) halted: BTreeMap<String, HaltRecord>,
     /// The slot held: rank when taken, and the digest it was taken for.
-    slot: Option<(u32, String)>,
-    release_pending: bool,
+    pub(super) slot: Option<(u32, String)>,
+    pub(super) release_pending: bool,
     /// Outcomes not yet recorded (etcd was away); sent before the slot is given back.
-    pending_outcomes: Vec<(String, Outcome, String)>,
-    waiter: Option<Waiter>,
-    canary: Option<CanaryWatch>,
-    bake_timer: Option<(i64, JoinHandle<()>)>,
-    report: Option<HostReport>,
-    waiting: Option<String>,
-    last_error: Option<String>,
+    pub(super) pending_outcomes: Vec<(String, Outcome, String)>,
+    pub(super) waiter: Option<Waiter>,
+    pub(super) canary: Option<CanaryWatch>,
+    pub(super) bake_timer: Option<(i64, JoinHandle<()>)>,
+    pub(super) report: Option<HostReport>,
+    pub(super) waiting: Option<String>,
+    pub(super) last_error: Option<String>,
 }
 
 /// A host waiting in the slot queue: its count of entries ahead, kept by a watch.
-struct Waiter {
-    digest: String,
-    lease: i64,
-    create_revision: i64,
-    ahead: u32,
-    cap: u32,
-    live: bool,
-    task: JoinHandle<()>,
+pub(super) struct Waiter {
+    pub(super) digest: String,
+    pub(super) lease: i64,
+    pub(super) create_revision: i64,
+    pub(super) ahead: u32,
+    pub(super) cap: u32,
+    pub(super) live: bool,
+    pub(super) task: JoinHandle<()>,
 }
 
 /// The outcomes of the digest the host waits on the canaries of.
-struct CanaryWatch {
-    digest: String,
-    verified_at: BTreeMap<String, i64>,
-    counts: BTreeMap<String, Outcome>,
-    seat: bool,
-    live: bool,
+pub(super) struct CanaryWatch {
+    pub(super) digest: String,
+    pub(super) verified_at: BTreeMap<String, i64>,
+    pub(super) counts: BTreeMap<String, Outcome>,
+    pub(super) seat: bool,
+    pub(super) live: bool,
     /// Verified and baked: the watch is stopped.
-    open: bool,
-    task: JoinHandle<()>,
+    pub(super) open: bool,
+    pub(super) task: JoinHandle<()>,
 }
 
 impl Inner {
-    fn lock(&self) -> MutexGuard<'_, State> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
-    fn wake(&self) {
+    pub(super) fn wake(&self) {
         self.notify.notify_one();
     }
 }
@@ -157,7 +147,7 @@ impl EtcdGate {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
         });
-        let session = tokio::spawn(session(inner.clone()));
+        let session = tokio::spawn(super::session::session(inner.clone()));
         EtcdGate { inner, session }
     }
 
@@ -189,243 +179,7 @@ impl EtcdGate {
     }
 }
 
-async fn session(inner: Arc<Inner>) {
-    let mut backoff = Duration::from_millis(500);
-    loop {
-        let started = tokio::time::Instant::now();
-        let err = run_session(&inner).await;
-        if err.is_unreachable() {
-            inner.etcd.rotate();
-        }
-        {
-            let mut st = inner.lock();
-            if st.reachable {
-                warn!(group = %inner.group, error = %err, "fleet: lost etcd; no update starts until it is back");
-            }
-            st.reachable = false;
-            st.last_error = Some(err.to_string());
-            if err.to_string().contains("lease not found") {
-                // It expired while the host was cut off: the next stretch takes a new one.
-                st.lease = None;
-            }
-            if let Some(w) = st.waiter.as_mut() {
-                w.live = false;
-            }
-            if let Some(c) = st.canary.as_mut() {
-                c.live = false;
-            }
-        }
-        inner.wake();
-        if started.elapsed() > Duration::from_secs(30) {
-            backoff = Duration::from_millis(500);
-        }
-        let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
-        tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
-        backoff = (backoff * 2).min(Duration::from_secs(10));
-    }
-}
-
-/// One connected stretch of the session; returns why it ended.
-async fn run_session(inner: &Arc<Inner>) -> FleetError {
-    match session_body(inner).await {
-        Ok(()) => FleetError::Unreachable {
-            endpoints: inner.etcd.endpoints().to_string(),
-            message: "watch ended".into(),
-        },
-        Err(e) => e,
-    }
-}
-
-async fn session_body(inner: &Arc<Inner>) -> Result<(), FleetError> {
-    let etcd = &inner.etcd;
-    let keys = &inner.keys;
-    let old = inner.lock().lease;
-    let lease = match old {
-        Some(l) => l,
-        None => etcd.lease_grant(inner.ttl.as_secs() as i64).await?,
-    };
-    let (mut keeper, mut ka) = etcd.keep_alive(lease).await?;
-    if !etcd.keep_alive_once(&mut keeper, &mut ka).await? {
-        inner.lock().lease = None;
-        return Err(FleetError::Etcd(
-            "the host's lease expired; taking a new one".into(),
-        ));
-    }
-    let rev = load(inner).await?;
-    {
-        let mut st = inner.lock();
-        st.lease = Some(lease);
-        st.reachable = true;
-        st.last_error = None;
-    }
-    publish(inner).await?;
-    info!(group = %inner.group, host = %inner.host, lease, "fleet: joined the group");
-    let start = WatchOptions::new().with_start_revision(rev + 1);
-    let mut w = etcd.watch(keys.policy(), Some(start.clone())).await?;
-    w.watch(keys.rollout(), Some(start.clone()))
-        .await
-        .map_err(|e| FleetError::Etcd(e.to_string()))?;
-    w.watch(keys.halted_all(), Some(start.with_prefix()))
-        .await
-        .map_err(|e| FleetError::Etcd(e.to_string()))?;
-    etcd.count();
-    etcd.count();
-    inner.wake();
-    let mut tick = tokio::time::interval(inner.ttl / 3);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                if !etcd.keep_alive_once(&mut keeper, &mut ka).await? {
-                    inner.lock().lease = None;
-                    return Err(FleetError::Etcd("the host's lease expired; taking a new one".into()));
-                }
-                if inner.flush_outcomes().await.is_ok() {
-                    let pending = inner.lock().release_pending;
-                    if pending && inner.queue.release().await.is_ok() {
-                        let mut st = inner.lock();
-                        st.release_pending = false;
-                        st.slot = None;
-                        info!("fleet: slot given back (after etcd came back)");
-                    }
-                }
-            }
-            m = w.message() => {
-                let resp = match m {
-                    Ok(Some(r)) => r,
-                    Ok(None) => return Ok(()),
-                    Err(e) => return Err(FleetError::Unreachable {
-                        endpoints: etcd.endpoints().to_string(),
-                        message: format!("watch: {e}"),
-                    }),
-                };
-                if resp.canceled() {
-                    return Err(FleetError::Etcd(format!("watch canceled: {}", resp.cancel_reason())));
-                }
-                for ev in resp.events() {
-                    if let Some(kv) = ev.kv() {
-                        apply(inner, kv.key(), (ev.event_type() == EventType::Put).then(|| kv.value()));
-                    }
-                }
-                inner.wake();
-            }
-        }
-    }
-}
-
-/// Reads policy, rollout, halts and this host's slot; returns the revision read at.
-async fn load(inner: &Arc<Inner>) -> Result<i64, FleetError> {
-    let etcd = &inner.etcd;
-    let keys = &inner.keys;
-    let r = etcd.get(keys.policy(), None).await?;
-    let rev = r.header().map_or(0, |h| h.revision());
-    let policy = match r.kvs().first() {
-        Some(kv) => decode(kv.key(), kv.value())?,
-        None => Policy::default(),
-    };
-    let r = etcd
-        .get(keys.rollout(), Some(GetOptions::new().with_revision(rev)))
-        .await?;
-    let rollout = match r.kvs().first() {
-        Some(kv) => Some(decode::<RolloutRecord>(kv.key(), kv.value())?),
-        None => None,
-    };
-    let r = etcd
-        .get(
-            keys.halted_all(),
-            Some(GetOptions::new().with_prefix().with_revision(rev)),
-        )
-        .await?;
-    let mut halted = BTreeMap::new();
-    for kv in r.kvs() {
-        let key = String::from_utf8_lossy(kv.key()).into_owned();
-        halted.insert(Keys::leaf(&key).to_string(), decode(kv.key(), kv.value())?);
-    }
-    let own = inner.queue.own().await?;
-    let mut st = inner.lock();
-    st.policy = policy;
-    st.rollout = rollout;
-    st.halted = halted;
-    match own {
-        Some(e) if e.record.state == super::records::SlotState::Holding => {
-            if st.slot.is_none() {
-                info!(digest = %e.record.digest, "fleet: this host holds a slot from before; it keeps it until it is steady");
-            }
-            st.slot = Some((0, e.record.digest));
-        }
-        _ => st.slot = None,
-    }
-    Ok(rev)
-}
-
-fn apply(inner: &Arc<Inner>, key: &[u8], value: Option<&[u8]>) {
-    let k = String::from_utf8_lossy(key).into_owned();
-    let keys = &inner.keys;
-    let mut st = inner.lock();
-    if k == keys.policy() {
-        st.policy = value
-            .and_then(|v| {
-                decode(key, v)
-                    .map_err(|e| warn!(error = %e, "fleet: bad policy"))
-                    .ok()
-            })
-            .unwrap_or_default();
-        debug!(policy = ?st.policy, "fleet: policy changed");
-    } else if k == keys.rollout() {
-        st.rollout = value.and_then(|v| {
-            decode(key, v)
-                .map_err(|e| warn!(error = %e, "fleet: bad rollout record"))
-                .ok()
-        });
-        if let Some(r) = &st.rollout {
-            info!(digest = %r.digest, state = r.state.as_str(), "fleet: rollout changed");
-        }
-    } else if let Some(d) = k.strip_prefix(&keys.halted_all()) {
-        match value.and_then(|v| decode(key, v).ok()) {
-            Some(h) => {
-                st.halted.insert(d.to_string(), h);
-            }
-            None => {
-                st.halted.remove(d);
-            }
-        }
-    }
-}
-
-/// Puts this host's record under its lease.
-async fn publish(inner: &Arc<Inner>) -> Result<(), FleetError> {
-    let (lease, report) = {
-        let st = inner.lock();
-        (st.lease, st.report.clone().unwrap_or_default())
-    };
-    let Some(lease) = lease else { return Ok(()) };
-    let rec = HostRecord {
-        id: inner.host.clone(),
-        digest: report.digest,
-        phase: if report.phase.is_empty() {
-            "starting".into()
-        } else {
-            report.phase
-        },
-        gpu: if report.gpu.is_empty() {
-            "unknown".into()
-        } else {
-            report.gpu
-        },
-        last_event: report.last_event,
-        updated_at: now(),
-    };
-    inner
-        .etcd
-        .put(
-            inner.keys.host(&inner.host),
-            encode(&rec),
-            Some(PutOptions::new().with_lease(lease)),
-        )
-        .await
-}
-
-fn unreachable_wait(st: &State) -> Decision {
+pub(super) fn unreachable_wait(st: &State) -> Decision {
     Decision::Wait {
         why: match &st.last_error {
             Some(e) => format!("etcd not reachable, no update starts: {e}"),
@@ -484,194 +238,6 @@ impl Inner {
             }
         }
         self.slot_check(digest).await
-    }
-
-    /// `Some(Wait)` while the host must wait for the canaries of `digest`.
-    async fn canary_check(self: &Arc<Self>, digest: &str) -> Result<Option<Decision>, FleetError> {
-        let policy = self.lock().policy.clone();
-        if policy.canary == 0 {
-            return Ok(None);
-        }
-        let fresh = {
-            let st = self.lock();
-            !st.canary
-                .as_ref()
-                .is_some_and(|c| c.digest == digest && c.live)
-        };
-        if fresh {
-            self.watch_outcomes(digest).await?;
-        }
-        let (verified, seat, failed) = {
-            let st = self.lock();
-            let c = st.canary.as_ref().expect("set above");
-            let failed = c
-                .counts
-                .values()
-                .filter(|o| **o != Outcome::Verified)
-                .count() as u32;
-            (
-                c.verified_at.values().copied().collect::<Vec<_>>(),
-                c.seat,
-                failed,
-            )
-        };
-        match canary_gate(&policy, &verified, now()) {
-            CanaryGate::Open => {
-                // Stop following the outcomes: every later one would wake this host for nothing.
-                if let Some(c) = self.lock().canary.as_mut() {
-                    c.open = true;
-                    c.task.abort();
-                }
-                Ok(None)
-            }
-            CanaryGate::Baking { until } => {
-                self.bake_timer(until);
-                Ok(Some(Decision::Wait {
-                    why: format!(
-                        "the canaries of {digest} are verified; they bake until {}",
-                        fmt_time(until)
-                    ),
-                }))
-            }
-            CanaryGate::Verifying { verified, canary } => {
-                if seat || self.take_seat(digest, canary + failed).await? {
-                    if let Some(c) = self.lock().canary.as_mut() {
-                        c.seat = true;
-                    }
-                    return Ok(None);
-                }
-                Ok(Some(Decision::Wait {
-                    why: format!(
-                        "waiting for the canaries of {digest} ({verified} of {canary} verified)"
-                    ),
-                }))
-            }
-        }
-    }
-
-    /// Takes a free canary seat among the first `seats` of `digest`, or finds this host's.
-    async fn take_seat(&self, digest: &str, seats: u32) -> Result<bool, FleetError> {
-        let r = self
-            .etcd
-            .get(
-                self.keys.canaries(digest),
-                Some(GetOptions::new().with_prefix()),
-            )
-            .await?;
-        let mut taken = std::collections::BTreeSet::new();
-        for kv in r.kvs() {
-            if kv.value() == self.host.as_bytes() {
-                return Ok(true);
-            }
-            taken.insert(kv.key().to_vec());
-        }
-        for n in 0..seats {
-            let key = self.keys.canary(digest, n);
-            if taken.contains(key.as_bytes()) {
-                continue;
-            }
-            let txn = Txn::new()
-                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                .and_then([TxnOp::put(key, self.host.clone(), None)]);
-            if self.etcd.txn(txn).await?.succeeded() {
-                info!(%digest, seat = n, "fleet: this host is a canary");
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
-
-    /// Loads the outcomes of `digest` and watches them while the host waits.
-    async fn watch_outcomes(self: &Arc<Self>, digest: &str) -> Result<(), FleetError> {
-        let prefix = self.keys.outcomes(digest);
-        let r = self
-            .etcd
-            .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
-            .await?;
-        let rev = r.header().map_or(0, |h| h.revision());
-        let mut verified_at = BTreeMap::new();
-        let mut counts = BTreeMap::new();
-        for kv in r.kvs() {
-            let rec: OutcomeRecord = decode(kv.key(), kv.value())?;
-            let host = Keys::leaf(&String::from_utf8_lossy(kv.key())).to_string();
-            if rec.outcome == Outcome::Verified {
-                verified_at.insert(host.clone(), rec.at);
-            }
-            counts.insert(host, rec.outcome);
-        }
-        let mut ws = self
-            .etcd
-            .watch(
-                prefix,
-                Some(
-                    WatchOptions::new()
-                        .with_prefix()
-                        .with_start_revision(rev + 1)
-                        .with_filters([WatchFilterType::NoDelete]),
-                ),
-            )
-            .await?;
-        let me = self.clone();
-        let d = digest.to_string();
-        // Spawned under the lock, so the task never sees the state without its watch.
-        let mut st = self.lock();
-        let task = tokio::spawn(async move {
-            while let Ok(Some(resp)) = ws.message().await {
-                if resp.canceled() {
-                    break;
-                }
-                let mut st = me.lock();
-                let Some(c) = st.canary.as_mut().filter(|c| c.digest == d) else {
-                    return;
-                };
-                for ev in resp.events() {
-                    let Some(kv) = ev.kv() else { continue };
-                    let Ok(rec) = decode::<OutcomeRecord>(kv.key(), kv.value()) else {
-                        continue;
-                    };
-                    let host = Keys::leaf(&String::from_utf8_lossy(kv.key())).to_string();
-                    if rec.outcome == Outcome::Verified {
-                        c.verified_at.insert(host.clone(), rec.at);
-                    }
-                    c.counts.insert(host, rec.outcome);
-                }
-                drop(st);
-                me.wake();
-            }
-            if let Some(c) = me.lock().canary.as_mut() {
-                c.live = false;
-            }
-            me.wake();
-        });
-        if let Some(old) = st.canary.take() {
-            old.task.abort();
-        }
-        st.canary = Some(CanaryWatch {
-            digest: digest.to_string(),
-            verified_at,
-            counts,
-            seat: false,
-            live: true,
-            open: false,
-            task,
-        });
-        Ok(())
-    }
-
-    fn bake_timer(self: &Arc<Self>, until: i64) {
-        let mut st = self.lock();
-        if st.bake_timer.as_ref().is_some_and(|(u, _)| *u == until) {
-            return;
-        }
-        let me = self.clone();
-        let wait = Duration::from_secs((until - now()).max(0) as u64 + 1);
-        let t = tokio::spawn(async move {
-            tokio::time::sleep(wait).await;
-            me.wake();
-        });
-        if let Some((_, old)) = st.bake_timer.replace((until, t)) {
-            old.abort();
-        }
     }
 
     async fn slot_check(self: &Arc<Self>, digest: &str) -> Result<Decision, FleetError> {
@@ -836,7 +402,7 @@ impl Inner {
         Ok(())
     }
 
-    async fn report_outcome(
+    pub(super) async fn report_outcome(
         &self,
         digest: &str,
         outcome: Outcome,
@@ -907,7 +473,7 @@ impl Inner {
     }
 
     /// Records the outcomes etcd missed, oldest first.
-    async fn flush_outcomes(&self) -> Result<(), FleetError> {
+    pub(super) async fn flush_outcomes(&self) -> Result<(), FleetError> {
         loop {
             let next = self.lock().pending_outcomes.first().cloned();
             let Some((digest, outcome, detail)) = next else {
@@ -949,7 +515,7 @@ impl Inner {
     }
 }
 
-fn fmt_time(unix: i64) -> String {
+pub(super) fn fmt_time(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
         .and_then(|t| {
@@ -964,17 +530,23 @@ impl FleetGate for EtcdGate {
         let d = match self.inner.decide(digest).await {
             Ok(d) => d,
             Err(e) => {
-                let mut st = self.inner.lock();
-                if e.is_unreachable() {
-                    st.reachable = false;
-                    st.last_error = Some(e.to_string());
-                    drop(st);
-                    // The session notices too and reconnects; wake the core when it does.
-                    unreachable_wait(&self.inner.lock())
-                } else {
-                    Decision::Wait {
-                        why: format!("fleet: {e}"),
-                    }
+                // A request that failed now (a timeout under load, a member that
+                // went away) says nothing about the next: ask again soon. A real
+                // outage is the session's to notice; it wakes the core when
+                // etcd is back.
+                let me = self.inner.clone();
+                let backoff = Duration::from_millis(500 + rand::random_range(0..1000));
+                tokio::spawn(async move {
+                    tokio::time::sleep(backoff).await;
+                    me.wake();
+                });
+                self.inner.lock().last_error = Some(e.to_string());
+                Decision::Wait {
+                    why: if e.is_unreachable() {
+                        format!("etcd not reachable, no update starts: {e}")
+                    } else {
+                        format!("fleet: {e}")
+                    },
                 }
             }
         };
@@ -1015,7 +587,7 @@ impl FleetGate for EtcdGate {
             }
             st.report = Some(report);
         }
-        if let Err(e) = publish(&self.inner).await {
+        if let Err(e) = super::session::publish(&self.inner).await {
             debug!(error = %e, "fleet: host record not published; the session publishes it when etcd is back");
         }
     }

@@ -11,10 +11,12 @@
 //!
 //! Files: [`policy`] (the rollout policy and its pure rules), [`records`] (what
 //! lies under each key), [`etcd`] (the client: connection options, timeouts,
-//! request counting), [`semaphore`] (the slot queue), [`gate`] (a host's side),
+//! request counting), [`semaphore`] (the slot queue), [`gate`] (a host's side;
+//! its session with etcd in `session.rs`, canaries and bake in `canary.rs`),
 //! [`admin`] (an operator's side), [`cli`] (`gpu-fleet`), [`fake`].
 
 pub mod admin;
+mod canary;
 pub mod cli;
 #[cfg(test)]
 mod config_tests;
@@ -25,6 +27,7 @@ pub mod keys;
 pub mod policy;
 pub mod records;
 pub mod semaphore;
+mod session;
 
 use std::future::Future;
 
