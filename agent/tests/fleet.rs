@@ -886,3 +886,23 @@ async fn an_outcome_etcd_missed_is_recorded_before_the_slot_is_given_back() {
     let out = fleet_ok(&c, "miss", &["hosts", "--json"]);
     assert!(out.contains("\"h0\"") && !out.contains("holding"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_slots_in_the_policy_let_a_waiting_host_go() {
+    let c = EtcdCluster::start(3);
+    fleet_ok(
+        &c,
+        "grow",
+        &["policy", "set", "--canary", "0", "--max-unavailable", "1"],
+    );
+    let e = etcd(&c).await;
+    let a = gate(&e, "grow", "a").await;
+    let b = gate(&e, "grow", "b").await;
+    go(&a, A, Duration::from_secs(10)).await;
+    match b.decide(A).await {
+        Decision::Wait { why } => assert!(why.contains("1 hosts ahead"), "{why}"),
+        d => panic!("{d:?}"),
+    }
+    fleet_ok(&c, "grow", &["policy", "set", "--max-unavailable", "2"]);
+    go(&b, A, Duration::from_secs(10)).await;
+}

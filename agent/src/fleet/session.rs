@@ -201,6 +201,12 @@ fn apply(inner: &Arc<Inner>, key: &[u8], value: Option<&[u8]>) {
             })
             .unwrap_or_default();
         debug!(policy = ?st.policy, "fleet: policy changed");
+        // The number of slots may have changed: a waiting host counts its
+        // place again at its next decide.
+        if let Some(w) = st.waiter.as_mut() {
+            w.live = false;
+            w.task.abort();
+        }
     } else if k == keys.rollout() {
         st.rollout = value.and_then(|v| {
             decode(key, v)
