@@ -40,7 +40,7 @@ target="${CARGO_TARGET_DIR:-target}"
 bins="$target/$profile_dir"
 
 if [ "${NO_BUILD:-0}" = 1 ]; then
-    for b in gpu-agent agentctl; do
+    for b in gpu-agent agentctl gpu-fleet; do
         [ -x "$bins/$b" ] || { echo "error: $bins/$b is not built (NO_BUILD=1)" >&2; exit 1; }
     done
 else

@@ -14,6 +14,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod docker;
+pub mod fleet;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gpu;

@@ -8,6 +8,7 @@ use std::process::{Command, Output, Stdio};
 
 const AGENTCTL: &str = env!("CARGO_BIN_EXE_agentctl");
 const GPU_AGENT: &str = env!("CARGO_BIN_EXE_gpu-agent");
+const GPU_FLEET: &str = env!("CARGO_BIN_EXE_gpu-fleet");
 
 /// Runs `bin args` with stdout a socket whose other end is already closed:
 /// every write fails with EPIPE, as into `| head -1` once head has exited.
@@ -241,7 +242,7 @@ fn the_committed_man_pages_and_completions_match_the_binaries() {
     let packaging = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging");
     let dir = tempfile::tempdir().unwrap();
     let man = dir.path().join("man");
-    for bin in [GPU_AGENT, AGENTCTL] {
+    for bin in [GPU_AGENT, AGENTCTL, GPU_FLEET] {
         let out = run(bin, &["man", "--out", man.to_str().unwrap()]);
         assert!(out.status.success(), "{}", text(&out.stderr));
     }
@@ -262,12 +263,15 @@ fn the_committed_man_pages_and_completions_match_the_binaries() {
             "packaging/man/{n} is stale: {fix}"
         );
     }
-    for (shell, file) in [
-        ("bash", "agentctl.bash"),
-        ("zsh", "_agentctl"),
-        ("fish", "agentctl.fish"),
+    for (bin, shell, file) in [
+        (AGENTCTL, "bash", "agentctl.bash"),
+        (AGENTCTL, "zsh", "_agentctl"),
+        (AGENTCTL, "fish", "agentctl.fish"),
+        (GPU_FLEET, "bash", "gpu-fleet.bash"),
+        (GPU_FLEET, "zsh", "_gpu-fleet"),
+        (GPU_FLEET, "fish", "gpu-fleet.fish"),
     ] {
-        let out = run(AGENTCTL, &["completions", shell]);
+        let out = run(bin, &["completions", shell]);
         assert!(out.status.success());
         assert!(
             out.stdout == std::fs::read(packaging.join("completions").join(file)).unwrap(),

@@ -21,6 +21,7 @@ pub struct Fragment {
     pub hub: Option<HubFragment>,
     /// `[[notify]]` webhooks (config/notify.rs).
     pub notify: Option<Vec<NotifyFragment>>,
+    pub fleet: Option<FleetFragment>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -135,4 +136,18 @@ pub struct NotifyFragment {
     pub url: Option<String>,
     pub format: Option<String>,
     pub events: Option<Vec<String>>,
+}
+
+/// `[fleet]`: the etcd cluster and group of a fleet (see `fleet/`).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetFragment {
+    pub etcd: Option<Vec<String>>,
+    pub group: Option<String>,
+    pub ca_file: Option<String>,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    pub username: Option<String>,
+    pub password_file: Option<String>,
+    pub insecure: Option<bool>,
 }

@@ -21,6 +21,8 @@ pub struct Settings {
     pub hub: Option<HubSettings>,
     /// `[[notify]]` webhooks, in config order.
     pub notify: Vec<super::NotifySettings>,
+    /// `[fleet]`: absent, the host decides alone.
+    pub fleet: Option<FleetSettings>,
 }
 
 #[derive(Debug, Clone)]
@@ -210,6 +212,21 @@ impl Settings {
         }
         notes
     }
+}
+
+/// `[fleet]`: how the host reaches its group's etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetSettings {
+    /// Client URLs of the etcd members (`http://` only on loopback or with `insecure`).
+    pub etcd: Vec<Url>,
+    /// Hosts that share one rollout policy (default: from `image.repository`).
+    pub group: String,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub insecure: bool,
 }
 
 /// Environment variables the agent sets in the worker itself.
@@ -534,6 +551,15 @@ pub(super) fn validate(f: Fragment, o: &Origin) -> Result<Settings, ConfigError>
         }
     };
 
+    let fleet = match f.fleet {
+        None => None,
+        Some(fl) => Some(validate_fleet(
+            fl,
+            &format!("{}/{}", image.name.registry, image.name.repository),
+            o,
+        )?),
+    };
+
     Ok(Settings {
         agent,
         docker: DockerSettings { host: docker_host },
@@ -542,6 +568,84 @@ pub(super) fn validate(f: Fragment, o: &Origin) -> Result<Settings, ConfigError>
         gpu,
         hub,
         notify: super::notify::validate(f.notify, o)?,
+        fleet,
+    })
+}
+
+fn validate_fleet(
+    fl: super::fragments::FleetFragment,
+    repository: &str,
+    o: &Origin,
+) -> Result<FleetSettings, ConfigError> {
+    let insecure = fl.insecure.unwrap_or(false);
+    let endpoints = fl.etcd.ok_or_else(|| o.missing("fleet.etcd"))?;
+    if endpoints.is_empty() {
+        return Err(o.invalid(
+            "fleet.etcd",
+            "name at least one etcd member, e.g. [\"https://etcd-1:2379\"]",
+        ));
+    }
+    let mut etcd = Vec::with_capacity(endpoints.len());
+    for e in &endpoints {
+        let u = http_url(e, "fleet.etcd", o)?;
+        let loopback = match u.host() {
+            Some(url::Host::Domain(d)) => d == "localhost",
+            Some(url::Host::Ipv4(a)) => a.is_loopback(),
+            Some(url::Host::Ipv6(a)) => a.is_loopback(),
+            None => false,
+        };
+        if u.scheme() == "http" && !loopback && !insecure {
+            return Err(o.invalid(
+                "fleet.etcd",
+                format!("{e:?}: plain http to etcd is refused off loopback; use https (with fleet.ca_file) or set fleet.insecure = true"),
+            ));
+        }
+        etcd.push(u);
+    }
+    let group = match fl.group {
+        Some(g) => g,
+        None => crate::fleet::keys::group_for_repository(repository),
+    };
+    if !crate::fleet::keys::valid_group(&group) {
+        return Err(o.invalid(
+            "fleet.group",
+            format!("{group:?} may hold only letters, digits, '-', '_' and '.' (at most 128)"),
+        ));
+    }
+    let files = [
+        ("fleet.ca_file", fl.ca_file.map(PathBuf::from)),
+        ("fleet.cert_file", fl.cert_file.map(PathBuf::from)),
+        ("fleet.key_file", fl.key_file.map(PathBuf::from)),
+        ("fleet.password_file", fl.password_file.map(PathBuf::from)),
+    ];
+    for (key, p) in &files {
+        if let Some(p) = p {
+            absolute(p, key, o)?;
+            std::fs::metadata(p).map_err(|e| o.invalid(key, format!("{}: {e}", p.display())))?;
+        }
+    }
+    if files[1].1.is_some() != files[2].1.is_some() {
+        return Err(o.invalid(
+            "fleet.cert_file",
+            "a client certificate needs both fleet.cert_file and fleet.key_file",
+        ));
+    }
+    if fl.username.is_some() && files[3].1.is_none() {
+        return Err(o.missing("fleet.password_file"));
+    }
+    if fl.username.is_none() && files[3].1.is_some() {
+        return Err(o.invalid("fleet.password_file", "needs fleet.username"));
+    }
+    let [ca, cert, key, pw] = files.map(|(_, p)| p);
+    Ok(FleetSettings {
+        etcd,
+        group,
+        ca_file: ca,
+        cert_file: cert,
+        key_file: key,
+        username: fl.username,
+        password_file: pw,
+        insecure,
     })
 }
 

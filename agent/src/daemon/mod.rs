@@ -68,6 +68,9 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
         "gpu-agent starting"
     );
 
+    if let Some(f) = &settings.fleet {
+        warn!(group = %f.group, "[fleet] is set, but this agent does not take the group's slots yet: it updates alone (gpu-fleet drives the group's records; see docs/fleet.md, \"Status\")");
+    }
     let registry = registry_client(&settings)?;
     let (settings_tx, settings_rx) = tokio::sync::watch::channel(settings.clone());
 
