@@ -72,7 +72,10 @@ impl Registry {
     }
 
     async fn wait_ready(&mut self) -> bool {
-        let http = reqwest::Client::new();
+        let http = {
+            gpu_agent::init_tls();
+            reqwest::Client::new()
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -106,7 +109,10 @@ impl Registry {
     /// A pusher sending `auth` (an `Authorization` value) with every request.
     pub fn pusher(&self, auth: Option<String>) -> Pusher {
         Pusher {
-            http: reqwest::Client::new(),
+            http: {
+                gpu_agent::init_tls();
+                reqwest::Client::new()
+            },
             base: self.base(),
             auth: auth.map(|a| HeaderValue::from_str(&a).unwrap()),
         }
@@ -173,7 +179,10 @@ impl Pusher {
     /// A pusher to the registry at `base` (`http://127.0.0.1:PORT`), anonymous.
     pub fn to(base: &str) -> Pusher {
         Pusher {
-            http: reqwest::Client::new(),
+            http: {
+                gpu_agent::init_tls();
+                reqwest::Client::new()
+            },
             base: base.to_string(),
             auth: None,
         }
