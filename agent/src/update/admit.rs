@@ -8,7 +8,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
-use super::journal::{HistoryEntry, Kind, Outcome, Trigger};
+use super::journal::{Kind, Trigger};
 use super::outcome::{CheckOutcome, UpdateError};
 use super::Updater;
 use crate::docker::Engine;
@@ -81,20 +81,7 @@ impl<E: Engine> Updater<E> {
                 warn!(digest = %target, error = %why, "the digest fails image.verify: marked bad, the worker is kept");
                 self.state.mark_bad(target, &why, now);
                 self.save()?;
-                self.record(HistoryEntry {
-                    at: now,
-                    kind,
-                    from: self.state.current_digest.clone(),
-                    to: Some(target.to_string()),
-                    outcome: Outcome::Failed,
-                    trigger,
-                    error: Some(why.clone()),
-                    downtime_ms: None,
-                    reason: None,
-                    user: None,
-                    marked_bad: None,
-                    gpu_hold: None,
-                });
+                self.record_refused(kind, trigger, target, &why);
                 self.last_error = Some(why.clone());
                 self.settle()?;
                 Ok(Some(CheckOutcome::Failed(why)))

@@ -8,12 +8,23 @@ use std::sync::Arc;
 use tracing::{error, info, warn};
 
 use super::events::Event;
-use super::journal::{HistoryEntry, Kind, Outcome, Trigger};
+use super::journal::{Kind, Trigger};
 use super::outcome::{Blame, Failure, UpdateError};
 use super::Updater;
 use crate::config::GpuSettings;
 use crate::docker::Engine;
 use crate::gpu::{self, GpuProbe, Snapshot, Xid, XidClass};
+
+/// The problems of an assessment that block an update, in words.
+fn blocking(a: &gpu::Assessment) -> String {
+    let why: Vec<&str> = a
+        .problems
+        .iter()
+        .filter(|p| p.blocks_update)
+        .map(|p| p.what.as_str())
+        .collect();
+    why.join("; ")
+}
 
 /// The limits `gpu.*` sets for [`gpu::assess`].
 pub fn limits(gpu: &GpuSettings) -> gpu::Limits {
@@ -98,15 +109,9 @@ impl<E: Engine> Updater<E> {
             assessment: &a,
         });
         if !a.healthy {
-            let why: Vec<&str> = a
-                .problems
-                .iter()
-                .filter(|p| p.blocks_update)
-                .map(|p| p.what.as_str())
-                .collect();
             return Err(format!(
                 "GPU pre-flight: {}; the worker is left as it is",
-                why.join("; ")
+                blocking(&a)
             ));
         }
         self.good_xid_seq = upto;
@@ -133,20 +138,7 @@ impl<E: Engine> Updater<E> {
         // One line per reason: readings and times change, the reason not.
         let key: String = why.chars().filter(|c| !c.is_ascii_digit()).collect();
         if self.gate_blocked.as_deref() != Some(key.as_str()) {
-            self.record(HistoryEntry {
-                at: self.now(),
-                kind,
-                from: self.state.current_digest.clone(),
-                to: Some(target.to_string()),
-                outcome: Outcome::Failed,
-                trigger,
-                error: Some(why.clone()),
-                downtime_ms: None,
-                reason: None,
-                user: None,
-                marked_bad: None,
-                gpu_hold: None,
-            });
+            self.record_refused(kind, trigger, target, &why);
             self.gate_blocked = Some(key);
         }
         self.last_error = Some(why.clone());
@@ -187,16 +179,10 @@ impl<E: Engine> Updater<E> {
         if a.healthy {
             return Ok(());
         }
-        let why: Vec<&str> = a
-            .problems
-            .iter()
-            .filter(|p| p.blocks_update)
-            .map(|p| p.what.as_str())
-            .collect();
         Err(Failure::new(
             format!(
                 "GPU health after the swap (not the image's fault): {}",
-                why.join("; ")
+                blocking(&a)
             ),
             Blame::GpuFault,
         ))

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::events::{Event, Subscriber, Subscribers};
-use super::journal::{HistoryEntry, Journal, Outcome, Pending, State};
+use super::journal::{HistoryEntry, Journal, Kind, Outcome, Pending, State, Trigger};
 use super::machine::{InvalidTransition, Machine, Phase};
 use super::outcome::UpdateError;
 use super::ports::{Clock, Hub, Ports, Probe, Registry, Trust};
@@ -465,6 +465,25 @@ impl<E: Engine> Updater<E> {
         self.emit(Event::History {
             entry: &entry,
             started,
+        });
+    }
+
+    /// A history line for an update that a gate refused before it began
+    /// (the worker left as it is): `failed`, from the current digest to `target`.
+    pub(super) fn record_refused(&self, kind: Kind, trigger: Trigger, target: &str, why: &str) {
+        self.record(HistoryEntry {
+            at: self.now(),
+            kind,
+            from: self.state.current_digest.clone(),
+            to: Some(target.to_string()),
+            outcome: Outcome::Failed,
+            trigger,
+            error: Some(why.to_string()),
+            downtime_ms: None,
+            reason: None,
+            user: None,
+            marked_bad: None,
+            gpu_hold: None,
         });
     }
 
