@@ -66,16 +66,43 @@ async fn a_pull_that_trickles_forever_ends_at_pull_timeout_with_the_old_worker_k
     let (registry, addr) = proxy::tcp(upstream).await;
     let d1 = s.push("v1", "latest");
     // The agent pulls through the proxy; the engine sees a registry at `addr`.
+    // Checks only when asked (below), so the pull starts once the image is set up.
     let config = s
         .config("pull_timeout = \"5s\"", &s.env(""), "")
-        .replace(&s.registry.host(), &addr.to_string());
+        .replace(&s.registry.host(), &addr.to_string())
+        .replace("poll_interval = \"1s\"", "poll_interval = \"1h\"");
     let agent = s.start_agent(&config);
     s.wait_running(&d1, "v1", &agent).await;
 
-    // The registry now sends downloads at 4 bytes a second: v2's pull would
+    // An image the engine does not have yet (a pull of one it has, such as
+    // the test images it built, fetches nothing): v2 with a label of this
+    // run's own, pushed, then removed from the engine.
+    let unique = format!("gpu-agent-test/trickle:{}", std::process::id());
+    let tmp = format!("t-trickle-{}", std::process::id());
+    docker(&["create", "--name", &tmp, &image("v2"), "true"]);
+    docker(&[
+        "commit",
+        "--change",
+        &format!("LABEL trickle={}", std::process::id()),
+        &tmp,
+        &unique,
+    ]);
+    docker(&["rm", &tmp]);
+    let d2 = s.registry.push(&unique, &s.repo, "latest");
+    docker(&["rmi", &unique]);
+    // The registry now sends downloads at 4 bytes a second: this pull would
     // take many minutes, and progress never stops long enough to count as stalled.
     registry.trickle(true);
-    let d2 = s.push("v2", "latest");
+    // (Refused for a moment while the first deploy is still being committed.)
+    let asked = wait_for(Duration::from_secs(30), || async {
+        (ctl(&s, &["check"]).await.code == 0).then_some(())
+    })
+    .await;
+    assert!(
+        asked.is_some(),
+        "agentctl check was refused:\n{}",
+        agent.log()
+    );
     let started = Instant::now();
     let entry = wait_for(Duration::from_secs(60), || async {
         let h = ctl(&s, &["history", "--json"]).await.json();
