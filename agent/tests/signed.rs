@@ -50,11 +50,14 @@ async fn only_digests_signed_by_a_trusted_key_are_deployed() {
         worker.id,
         "the worker was touched"
     );
-    let images = docker(&["images", "--digests", "--format", "{{.Digest}}"]);
+    // Refused before the pull: the agent never pulled it nor made its container.
+    let log = agent.log();
     assert!(
-        !images.contains(&v2),
-        "the unsigned image was pulled: {images}"
+        !log.lines()
+            .any(|l| l.contains("pulling") && l.contains(&v2)),
+        "the unsigned image was pulled:\n{log}"
     );
+    assert_eq!(s.managed().await.len(), 1, "{:#?}", s.managed().await);
 
     // Signed by a key this host does not trust: refused the same way.
     let v3 = s.push("v3", "stable");
