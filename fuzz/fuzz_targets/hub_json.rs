@@ -35,7 +35,14 @@ fuzz_target!(|data: &[u8]| {
             if let Ok(n) = Nudge::parse(text) {
                 assert!(n.digest.as_deref().is_none_or(is_sha256_digest));
                 let again = Nudge::parse(&serde_json::to_string(&n).unwrap()).unwrap();
-                assert_eq!(again, n);
+                assert_eq!(again.digest, n.digest);
+                // The reason is escaped and capped (hub_client::text): a
+                // reason within the cap comes back the same; a cut one stays cut.
+                if n.reason.ends_with(" more characters)") {
+                    assert!(again.reason.ends_with(" more characters)"), "{again:?}");
+                } else {
+                    assert_eq!(again, n);
+                }
             }
         }
         2 => {
