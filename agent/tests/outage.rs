@@ -20,15 +20,10 @@ async fn wait_status(s: &Setup, agent: &Agent, what: &str, ok: impl Fn(&Value) -
     found.unwrap_or_else(|| {
         panic!(
             "status never showed {what}: {:#}\nagent log:\n{}",
-            state_file(s),
+            s.state(),
             agent.log()
         )
     })
-}
-
-/// state.json as it is on disk (for failure messages).
-fn state_file(s: &Setup) -> Value {
-    s.state()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -222,7 +222,7 @@ fn busy(phase: Phase, st: &State) -> Option<String> {
         Draining if st.drained => Some(
             "a maintenance drain is waiting for in-flight jobs; agentctl undrain cancels it".into(),
         ),
-        p if p.is_updating() => Some(format!(
+        p if p.is_step() => Some(format!(
             "an update is in progress (phase: {p}); try again when it ends"
         )),
         _ => None,

@@ -56,12 +56,8 @@ impl Phase {
         }
     }
 
-    /// Whether an update is under way (the worker may be changing).
-    pub fn is_updating(self) -> bool {
-        self.is_step()
-    }
-
-    /// Whether this is one of the update's steps, the ones `pending.step` saves.
+    /// Whether this is one of the update's steps (the worker may be
+    /// changing), the ones `pending.step` saves.
     pub fn is_step(self) -> bool {
         matches!(
             self,

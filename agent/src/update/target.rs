@@ -154,14 +154,9 @@ impl<E: Engine> Updater<E> {
             return Ok(held);
         }
         self.last_check = Some(self.now());
-        // The hub named it: with desired_from_hub it is the desired digest
-        // now (followed while the hub cannot be asked).
-        if self
-            .hub
-            .as_ref()
-            .is_some_and(|h| h.settings().desired_from_hub)
-            && self.state.hub_desired.as_deref() != Some(digest.as_str())
-        {
+        // The hub named it (and decides the digest): it is the desired
+        // digest now (followed while the hub cannot be asked).
+        if self.state.hub_desired.as_deref() != Some(digest.as_str()) {
             self.state.hub_desired = Some(digest.clone());
             self.save_or_warn("the hub's desired digest");
         }
