@@ -875,6 +875,12 @@ async fn an_outcome_etcd_missed_is_recorded_before_the_slot_is_given_back() {
         g.view().slot.is_some(),
         "the slot stays held while etcd is away"
     );
+    // That update is over: a new one (another digest) does not go with its
+    // slot, unasked (canaries, halts, its turn), while etcd is away.
+    match g.decide(C).await {
+        Decision::Wait { why } => assert!(why.contains("no update starts"), "{why}"),
+        d => panic!("a new update went with the slot of the last one: {d:?}"),
+    }
     c.restart_all();
     // The session sends the outcome (which halts B), then gives the slot back.
     let start = Instant::now();
@@ -905,4 +911,42 @@ async fn more_slots_in_the_policy_let_a_waiting_host_go() {
     }
     fleet_ok(&c, "grow", &["policy", "set", "--max-unavailable", "2"]);
     go(&b, A, Duration::from_secs(10)).await;
+}
+
+/// A host that waited in the queue and no longer wants a slot (an abort put
+/// it back on what it runs) leaves the queue with `release`: it no longer
+/// stands ahead of the hosts that still wait, and it no longer says it waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_host_that_releases_leaves_the_queue() {
+    let c = EtcdCluster::start(3);
+    fleet_ok(
+        &c,
+        "leave",
+        &["policy", "set", "--canary", "0", "--max-unavailable", "1"],
+    );
+    let e = etcd(&c).await;
+    let a = gate(&e, "leave", "a").await;
+    let b = gate(&e, "leave", "b").await;
+    let d = gate(&e, "leave", "d").await;
+    go(&a, A, Duration::from_secs(10)).await;
+    assert!(matches!(b.decide(A).await, Decision::Wait { .. }));
+    match d.decide(A).await {
+        Decision::Wait { why } => assert!(why.contains("2 hosts ahead"), "{why}"),
+        x => panic!("{x:?}"),
+    }
+    assert!(b.view().waiting.is_some());
+    b.release().await.unwrap();
+    assert_eq!(b.view().waiting, None);
+    let out = fleet_ok(&c, "leave", &["hosts", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let b_line = v["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["id"] == "b")
+        .cloned();
+    assert!(b_line.is_some_and(|h| h["slot"].is_null()), "{out}");
+    // The holder gives its slot back: the host behind b goes.
+    a.release().await.unwrap();
+    go(&d, A, Duration::from_secs(10)).await;
 }

@@ -230,7 +230,9 @@ pub async fn start_rollout(
         let previous = match &old {
             Some((r, _)) if r.digest == digest => r.previous.clone(),
             Some((r, _)) => r.desired().map(str::to_string),
-            None => majority_digest(&hosts(etcd, keys).await?),
+            // The group's first rollout: what most hosts run, other than the
+            // new digest (some may be on it already).
+            None => majority_digest(&hosts(etcd, keys).await?, digest),
         };
         let rec = RolloutRecord {
             digest: digest.to_string(),
@@ -252,10 +254,10 @@ pub async fn start_rollout(
     ))
 }
 
-fn majority_digest(hosts: &[HostRecord]) -> Option<String> {
+fn majority_digest(hosts: &[HostRecord], except: &str) -> Option<String> {
     let mut n: BTreeMap<&str, usize> = BTreeMap::new();
     for h in hosts {
-        if let Some(d) = &h.digest {
+        if let Some(d) = h.digest.as_ref().filter(|d| *d != except) {
             *n.entry(d).or_default() += 1;
         }
     }
@@ -462,4 +464,24 @@ pub async fn host_lines(etcd: &Etcd, keys: &Keys) -> Result<Vec<HostLine>, Fleet
         l.slot = Some(what.to_string());
     }
     Ok(lines.into_values().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn on(digest: Option<&str>) -> HostRecord {
+        HostRecord {
+            digest: digest.map(str::to_string),
+            ..HostRecord::default()
+        }
+    }
+
+    #[test]
+    fn the_previous_digest_is_what_most_hosts_run_other_than_the_new_one() {
+        let hosts = [on(Some("new")), on(Some("new")), on(Some("old")), on(None)];
+        assert_eq!(majority_digest(&hosts, "new").as_deref(), Some("old"));
+        assert_eq!(majority_digest(&hosts[..2], "new"), None);
+        assert_eq!(majority_digest(&hosts, "other").as_deref(), Some("new"));
+    }
 }

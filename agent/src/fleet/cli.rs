@@ -367,12 +367,21 @@ async fn run_async(cli: Cli) -> Result<Exit, CmdError> {
                 admin::set_policy(&ctx.etcd, &ctx.keys, &p).await?;
             }
             let r = admin::start_rollout(&ctx.etcd, &ctx.keys, &digest, &reference).await?;
+            // Without a previous digest an abort has nowhere to send the hosts back to.
+            let warning = r.previous.is_none().then(|| {
+                "no previous digest is known (no host of the group runs another one yet): \
+                 an abort of this rollout leaves the hosts where they are"
+                    .to_string()
+            });
             if ctx.json {
                 crate::cli::output::stdout(&format!(
                     "{}",
-                    json!({ "group": ctx.group, "rollout": r, "policy": p })
+                    json!({ "group": ctx.group, "rollout": r, "policy": p, "warning": warning })
                 ));
             } else {
+                if let Some(w) = &warning {
+                    eprintln!("gpu-fleet: warning: {w}");
+                }
                 crate::cli::output::stdout(&format!(
                     "rollout of {} started in group {} (previous {}; max_unavailable {}, canary {}, bake {})",
                     r.digest,

@@ -20,6 +20,10 @@ pub struct FakeState {
     pub unreachable: bool,
     pub outcomes: Vec<(String, String, Outcome)>,
     pub hosts: BTreeMap<String, HostReport>,
+    /// How many times any gate asked for a slot (`decide`).
+    pub decides: u32,
+    /// Why each host's last `decide` said Wait or Halted (its view's `waiting`).
+    pub waiting: BTreeMap<String, String>,
 }
 
 /// The shared side: one per simulated group.
@@ -53,8 +57,9 @@ pub struct FakeGate {
     host: String,
 }
 
-impl FleetGate for FakeGate {
-    async fn decide(&self, digest: &str) -> Decision {
+impl FakeGate {
+    /// The decision, taking a slot when it says Go.
+    fn decide_now(&self, digest: &str) -> Decision {
         let mut st = self.fleet.state.lock().unwrap();
         if st.unreachable {
             return Decision::Wait {
@@ -77,6 +82,21 @@ impl FleetGate for FakeGate {
             why: format!("{} slots held", st.holders.len()),
         }
     }
+}
+
+impl FleetGate for FakeGate {
+    async fn decide(&self, digest: &str) -> Decision {
+        let d = self.decide_now(digest);
+        let mut st = self.fleet.state.lock().unwrap();
+        st.decides += 1;
+        match &d {
+            Decision::Go { .. } => st.waiting.remove(&self.host),
+            Decision::Wait { why } | Decision::Halted { why } => {
+                st.waiting.insert(self.host.clone(), why.clone())
+            }
+        };
+        d
+    }
 
     async fn release(&self) -> Result<(), FleetError> {
         let mut st = self.fleet.state.lock().unwrap();
@@ -87,6 +107,7 @@ impl FleetGate for FakeGate {
             });
         }
         st.holders.remove(&self.host);
+        st.waiting.remove(&self.host);
         drop(st);
         self.fleet.notify.notify_waiters();
         Ok(())
@@ -127,6 +148,7 @@ impl FleetGate for FakeGate {
             etcd_reachable: !st.unreachable,
             slot: st.holders.contains(&self.host).then_some(0),
             desired: st.desired.clone(),
+            waiting: st.waiting.get(&self.host).cloned(),
             ..FleetView::default()
         }
     }
@@ -142,12 +164,20 @@ mod tests {
         let (a, b) = (f.gate("a"), f.gate("b"));
         assert!(matches!(a.decide("d1").await, Decision::Go { .. }));
         assert!(matches!(b.decide("d1").await, Decision::Wait { .. }));
+        assert_eq!(b.view().waiting.as_deref(), Some("1 slots held"));
+        assert_eq!(a.view().waiting, None);
         a.report_outcome("d1", Outcome::RolledBack, "x")
             .await
             .unwrap();
         a.release().await.unwrap();
         assert!(matches!(b.decide("d1").await, Decision::Halted { .. }));
         assert!(matches!(b.decide("d2").await, Decision::Go { .. }));
-        assert_eq!(f.state.lock().unwrap().max_held, 1);
+        assert_eq!(b.view().waiting, None, "a Go ends the wait");
+        b.release().await.unwrap();
+        assert!(matches!(b.decide("d1").await, Decision::Halted { .. }));
+        b.release().await.unwrap();
+        assert_eq!(b.view().waiting, None, "a release ends the wait");
+        let st = f.state.lock().unwrap();
+        assert_eq!((st.max_held, st.decides), (1, 5));
     }
 }

@@ -23,6 +23,11 @@ use super::records::{encode, now, HaltRecord, OutcomeRecord, RolloutRecord, Roll
 use super::semaphore::{SlotQueue, Standing};
 use super::{admin, Decision, Etcd, FleetError, FleetGate, FleetView, HostReport, Outcome, Policy};
 
+/// How often a waiting host counts the slot queue in etcd again, whatever its
+/// watch says (a backstop: a count the watch got wrong would leave it waiting
+/// with slots free).
+const RECOUNT_EVERY: Duration = Duration::from_secs(60);
+
 /// How a host joins its group.
 #[derive(Debug, Clone)]
 pub struct GateOptions {
@@ -190,6 +195,19 @@ pub(super) fn unreachable_wait(st: &State) -> Decision {
 
 impl Inner {
     async fn decide(self: &Arc<Self>, digest: &str) -> Result<Decision, FleetError> {
+        // A slot whose release etcd has not heard yet belongs to an update
+        // that is over: it goes back first, and a new update queues like any
+        // other (canaries, halts, its turn). Until etcd answers, none starts.
+        let pending = {
+            let st = self.lock();
+            if st.release_pending && (!st.reachable || st.lease.is_none()) {
+                return Ok(unreachable_wait(&st));
+            }
+            st.release_pending
+        };
+        if pending {
+            self.release().await?;
+        }
         let back = {
             let mut st = self.lock();
             if let Some((rank, d)) = st.slot.as_mut() {
@@ -345,7 +363,26 @@ impl Inner {
         // Spawned under the lock, so the task never sees the state without its waiter.
         let mut st = self.lock();
         let task = tokio::spawn(async move {
-            while let Ok(Some(resp)) = ws.message().await {
+            // A backstop beside the count: a waiting host asks etcd again
+            // now and then, whatever the watch said.
+            let recount = tokio::time::sleep(
+                RECOUNT_EVERY
+                    + Duration::from_millis(rand::random_range(
+                        0..=RECOUNT_EVERY.as_millis() as u64 / 2,
+                    )),
+            );
+            tokio::pin!(recount);
+            loop {
+                let resp = tokio::select! {
+                    r = ws.message() => match r {
+                        Ok(Some(resp)) => resp,
+                        _ => break,
+                    },
+                    _ = &mut recount => {
+                        debug!(create_revision, "fleet: recounting the slot queue");
+                        break;
+                    }
+                };
                 if resp.canceled() {
                     break;
                 }
@@ -365,12 +402,22 @@ impl Inner {
                         // Our entry went (lease expired): queue again at the next decide.
                         w.live = false;
                         wake = true;
-                    } else if ev
-                        .prev_kv()
-                        .is_some_and(|p| p.create_revision() < create_revision)
-                    {
-                        w.ahead = w.ahead.saturating_sub(1);
-                        wake |= w.ahead < w.cap;
+                    } else {
+                        match ev.prev_kv() {
+                            Some(p) if p.create_revision() < create_revision => {
+                                w.ahead = w.ahead.saturating_sub(1);
+                                wake |= w.ahead < w.cap;
+                            }
+                            Some(_) => {}
+                            // A deletion etcd sent without the entry it
+                            // deleted (seen under load at a watch's start):
+                            // whether it was ahead is unknown, so the count is
+                            // not trusted; the next decide counts in etcd.
+                            None => {
+                                w.live = false;
+                                wake = true;
+                            }
+                        }
                     }
                 }
                 let dead = !w.live;
@@ -505,10 +552,16 @@ impl Inner {
                 }
                 st.slot = None;
                 st.release_pending = false;
+                // Nothing to wait for any more (status's `waiting`).
+                st.waiting = None;
                 Ok(())
             }
             Err(e) => {
-                self.lock().release_pending = true;
+                // A held slot is given back by the session when etcd answers.
+                // A place in the queue is not: the host may want a slot again
+                // by then, and its next release (or its lease) removes it.
+                let mut st = self.lock();
+                st.release_pending = st.slot.is_some();
                 Err(e)
             }
         }

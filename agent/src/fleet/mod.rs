@@ -102,7 +102,7 @@ pub enum Outcome {
 }
 
 /// The `fleet` object of `agentctl status --json`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct FleetView {
     pub group: String,
     /// Whether the last etcd request succeeded.
@@ -116,7 +116,8 @@ pub struct FleetView {
     pub rollout_state: Option<RolloutState>,
     /// The digest the group wants this host on (see [`FleetGate::desired`]).
     pub desired: Option<String>,
-    /// Why the last `decide` said Wait or Halted; `None` after Go.
+    /// Why the last `decide` said Wait or Halted; `None` after Go, and after
+    /// `release` (the host gave its slot back or left the queue).
     pub waiting: Option<String>,
 }
 
@@ -129,9 +130,10 @@ pub trait FleetGate: Send + Sync + 'static {
     /// Asks for a slot to disrupt the worker for `digest`. Never blocks for long
     /// (each etcd call has a timeout); returns Wait when etcd is unreachable.
     fn decide(&self, digest: &str) -> impl Future<Output = Decision> + Send;
-    /// Gives the slot back (after a commit or a verified rollback, or when the
-    /// host no longer wants it). A no-op when none is held; retried by the gate
-    /// in the background when etcd is unreachable.
+    /// Gives the slot back (after a commit or a verified rollback), or leaves
+    /// the slot queue (the host no longer wants a slot); either way `view()`
+    /// no longer says it waits. A no-op when it has neither; a held slot is
+    /// given back by the gate in the background when etcd is unreachable now.
     fn release(&self) -> impl Future<Output = Result<(), FleetError>> + Send;
     /// Records how the update to `digest` ended; may halt the digest for the group.
     fn report_outcome(
