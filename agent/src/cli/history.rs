@@ -12,7 +12,9 @@ use crate::update::journal::HistoryEntry;
 /// One line per entry: when, what (update, rollback, drain, undrain, pin,
 /// unpin), from which digest to which (the first 12 hex digits), the outcome
 /// (success, rolled_back, failed, aborted), what triggered it (poll, nudge,
-/// cli, hub, startup), the worker's downtime for updates, and the error (or a drain's reason).
+/// cli, hub, startup, fleet, config), the worker's downtime for updates, and
+/// the error (or a drain's reason); for a change of the worker's settings,
+/// the keys that changed (names only).
 /// With --json, the full entries.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -47,11 +49,7 @@ pub fn render(entries: &[HistoryEntry]) -> String {
                 name(&e.outcome),
                 name(&e.trigger),
                 e.downtime_ms.map_or_else(|| "-".into(), millis),
-                match (&e.error, &e.reason) {
-                    (Some(error), _) => one_line(error),
-                    (None, Some(reason)) => format!("reason: {}", one_line(reason)),
-                    (None, None) => "-".into(),
-                },
+                detail(e),
             ]
         })
         .collect();
@@ -67,6 +65,22 @@ pub fn render(entries: &[HistoryEntry]) -> String {
         ],
         &rows,
     )
+}
+
+/// The error (or a drain's reason), after the settings a change of them
+/// alone changed (`changed worker.env.MODEL: not healthy within 15s`).
+fn detail(e: &HistoryEntry) -> String {
+    let text = match (&e.error, &e.reason) {
+        (Some(error), _) => Some(one_line(error)),
+        (None, Some(reason)) => Some(format!("reason: {}", one_line(reason))),
+        (None, None) => None,
+    };
+    match (e.changed.is_empty(), text) {
+        (true, Some(t)) => t,
+        (true, None) => "-".into(),
+        (false, Some(t)) => format!("changed {}: {t}", e.changed.join(", ")),
+        (false, None) => format!("changed {}", e.changed.join(", ")),
+    }
 }
 
 fn one_line(s: &str) -> String {
@@ -104,6 +118,8 @@ mod tests {
                 user: None,
                 marked_bad: None,
                 gpu_hold: None,
+                changed: Vec::new(),
+                spec: None,
             },
             HistoryEntry {
                 at: datetime!(2026-11-22 07:10:00.5 UTC),
@@ -118,6 +134,8 @@ mod tests {
                 user: None,
                 marked_bad: None,
                 gpu_hold: None,
+                changed: Vec::new(),
+                spec: None,
             },
             HistoryEntry {
                 at: datetime!(2026-11-22 07:20:00 UTC),
@@ -132,6 +150,8 @@ mod tests {
                 user: None,
                 marked_bad: None,
                 gpu_hold: None,
+                changed: Vec::new(),
+                spec: None,
             },
         ];
         assert_eq!(

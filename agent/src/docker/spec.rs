@@ -1,8 +1,10 @@
 //! The worker container as the engine creates it, from the settings: a pure
 //! function, so the request shape (GPU device requests above all) is tested
-//! without an engine.
+//! without an engine. Also [`SpecHash`]: what of the settings the container is
+//! made of, hashed into its labels, so that a change of the settings is seen
+//! on the running container (and rolled out) after a reload or a restart.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use bollard::models::{
@@ -10,8 +12,142 @@ use bollard::models::{
     RestartPolicyNameEnum,
 };
 
-use super::{LABEL_AGENT, LABEL_DIGEST, LABEL_MANAGED};
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+
+use super::{LABEL_AGENT, LABEL_DIGEST, LABEL_MANAGED, LABEL_SPEC, LABEL_SPEC_KEYS};
 use crate::config::{Gpus, GpusVia, WorkerSettings};
+
+/// The worker's container settings as the container carries them: the hash
+/// of them all (`gpu-agent.spec`, `sha256:…`) and a short hash of each key
+/// (`gpu-agent.spec.keys`, a JSON object: `command`, `env`, `env.<NAME>` for
+/// each variable, `volumes`, `ports`, `network`, `shm_size`, `restart`,
+/// `gpus`, `gpus_via`, `stop_timeout`), so that a change can be named by key
+/// without keeping any value. The health and drain settings are not the
+/// container's: they are not in it. Hashes only: an env value is never
+/// written anywhere but the container's own environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpecHash {
+    pub hash: String,
+    pub keys: BTreeMap<String, String>,
+}
+
+/// The keys a [`SpecHash`] covers besides `env.<NAME>`.
+const SPEC_KEYS: [&str; 10] = [
+    "command",
+    "env",
+    "volumes",
+    "ports",
+    "network",
+    "shm_size",
+    "restart",
+    "gpus",
+    "gpus_via",
+    "stop_timeout",
+];
+
+fn key_hash(key: &str, value: &serde_json::Value) -> String {
+    let d = sha2::Sha256::digest(format!("{key}\n{value}").as_bytes());
+    format!("{d:x}")[..16].to_string()
+}
+
+impl SpecHash {
+    /// The hash of the settings a worker container is made of.
+    pub fn of(w: &WorkerSettings) -> SpecHash {
+        use serde_json::json;
+        let gpus = match &w.gpus {
+            Gpus::None => json!("none"),
+            Gpus::All => json!("all"),
+            Gpus::Count(n) => json!(n),
+            Gpus::Uuids(ids) => json!(ids),
+        };
+        let ports: Vec<_> = w
+            .ports
+            .iter()
+            .map(|p| json!([p.host_ip, p.host_port, p.container_port, p.protocol]))
+            .collect();
+        let values = [
+            ("command", json!(w.command)),
+            ("env", json!(w.env)),
+            ("volumes", json!(w.volumes)),
+            ("ports", json!(ports)),
+            ("network", json!(w.network)),
+            ("shm_size", json!(w.shm_size)),
+            ("restart", json!([w.restart, w.restart_max_retries])),
+            ("gpus", gpus),
+            (
+                "gpus_via",
+                json!(match w.gpus_via {
+                    GpusVia::Docker => "docker",
+                    GpusVia::Cdi => "cdi",
+                }),
+            ),
+            ("stop_timeout", json!(w.stop_timeout.as_millis() as u64)),
+        ];
+        debug_assert!(values.iter().map(|(k, _)| *k).eq(SPEC_KEYS));
+        let mut keys: BTreeMap<String, String> = values
+            .iter()
+            .map(|(k, v)| (k.to_string(), key_hash(k, v)))
+            .collect();
+        for (name, value) in &w.env {
+            let k = format!("env.{name}");
+            keys.insert(k.clone(), key_hash(&k, &json!(value)));
+        }
+        SpecHash::from_keys(keys)
+    }
+
+    fn from_keys(keys: BTreeMap<String, String>) -> SpecHash {
+        let mut h = sha2::Sha256::new();
+        for (k, v) in &keys {
+            h.update(format!("{k}={v}\n").as_bytes());
+        }
+        SpecHash {
+            hash: format!("sha256:{:x}", h.finalize()),
+            keys,
+        }
+    }
+
+    /// The spec a container's labels carry; `None` for a container created
+    /// before containers carried it. A keys label that does not parse leaves
+    /// the keys empty (the hash alone is compared).
+    pub fn from_labels(labels: &HashMap<String, String>) -> Option<SpecHash> {
+        let hash = labels.get(LABEL_SPEC)?.clone();
+        let keys = labels
+            .get(LABEL_SPEC_KEYS)
+            .and_then(|k| serde_json::from_str(k).ok())
+            .unwrap_or_default();
+        Some(SpecHash { hash, keys })
+    }
+
+    /// The settings that differ from `self` (the running container's) in
+    /// `want` (the config's), named as in the config (`worker.env.HUB_URL`,
+    /// `worker.volumes`); empty when the container is what the config says.
+    /// A key the container's labels do not name (made by a version that did
+    /// not cover it) is not compared, nor is one this version does not know.
+    pub fn changes(&self, want: &SpecHash) -> Vec<String> {
+        if self.hash == want.hash {
+            return Vec::new();
+        }
+        if self.keys.is_empty() {
+            return vec!["worker".into()];
+        }
+        let covers = |k: &str| {
+            self.keys.contains_key(k) || (k.starts_with("env.") && self.keys.contains_key("env"))
+        };
+        let mut changed = BTreeSet::new();
+        for (k, v) in &want.keys {
+            if k != "env" && covers(k) && self.keys.get(k) != Some(v) {
+                changed.insert(k.clone());
+            }
+        }
+        for k in self.keys.keys() {
+            if k.starts_with("env.") && !want.keys.contains_key(k) {
+                changed.insert(k.clone());
+            }
+        }
+        changed.into_iter().map(|k| format!("worker.{k}")).collect()
+    }
+}
 
 /// Everything needed to create one worker container.
 #[derive(Debug, Clone)]
@@ -24,15 +160,28 @@ pub struct WorkerSpec {
 }
 
 impl WorkerSpec {
+    /// The hash of the container's settings (its `gpu-agent.spec` labels).
+    pub fn spec_hash(&self) -> SpecHash {
+        SpecHash::of(&self.worker)
+    }
+}
+
+impl WorkerSpec {
     pub fn create_body(&self) -> ContainerCreateBody {
         let w = &*self.worker;
         let mut env: Vec<String> = w.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         env.push(format!("GPU_AGENT_ID={}", self.agent_id));
         env.push(format!("GPU_AGENT_DIGEST={}", self.digest));
+        let spec = self.spec_hash();
         let labels = HashMap::from([
             (LABEL_MANAGED.to_string(), "true".to_string()),
             (LABEL_DIGEST.to_string(), self.digest.clone()),
             (LABEL_AGENT.to_string(), self.agent_id.clone()),
+            (LABEL_SPEC.to_string(), spec.hash),
+            (
+                LABEL_SPEC_KEYS.to_string(),
+                serde_json::to_string(&spec.keys).unwrap_or_default(),
+            ),
         ]);
         let mut exposed = Vec::new();
         let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
@@ -228,6 +377,80 @@ mod tests {
             serde_json::json!({"Name": "on-failure", "MaximumRetryCount": 3})
         );
         assert_eq!(h["DeviceRequests"][0]["Count"], 2);
+    }
+
+    fn hash(extra: &str) -> SpecHash {
+        spec(extra).spec_hash()
+    }
+
+    #[test]
+    fn the_spec_hash_is_labelled_and_names_what_changed() {
+        let a = hash("[worker]\nenv = { A = \"1\", B = \"2\" }\nvolumes = [\"/d:/m\"]\n");
+        let b = serde_json::to_value(
+            spec("[worker]\nenv = { A = \"1\", B = \"2\" }\nvolumes = [\"/d:/m\"]\n").create_body(),
+        )
+        .unwrap();
+        assert_eq!(b["Labels"]["gpu-agent.spec"], a.hash.as_str());
+        let keys: BTreeMap<String, String> =
+            serde_json::from_str(b["Labels"]["gpu-agent.spec.keys"].as_str().unwrap()).unwrap();
+        assert_eq!(keys, a.keys);
+        assert!(
+            a.hash.starts_with("sha256:") && a.hash.len() == 71,
+            "{}",
+            a.hash
+        );
+        // The same settings, the same hash: nothing changed.
+        assert_eq!(a.changes(&a.clone()), Vec::<String>::new());
+        let cases = [
+            ("env = { A = \"9\", B = \"2\" }\nvolumes = [\"/d:/m\"]", vec!["worker.env.A"]),
+            ("env = { A = \"1\" }\nvolumes = [\"/d:/m\"]", vec!["worker.env.B"]),
+            ("env = { A = \"1\", B = \"2\", C = \"3\" }\nvolumes = [\"/d:/m\"]", vec!["worker.env.C"]),
+            ("env = { A = \"1\", B = \"2\" }", vec!["worker.volumes"]),
+            (
+                "env = { A = \"1\", B = \"2\" }\nvolumes = [\"/d:/m\"]\ncommand = [\"x\"]\ngpus = 2\nshm_size = \"1g\"",
+                vec!["worker.command", "worker.gpus", "worker.shm_size"],
+            ),
+            (
+                "env = { A = \"1\", B = \"2\" }\nvolumes = [\"/d:/m\"]\nports = [\"8080:80\"]\nnetwork = \"host\"\nrestart = \"always\"\nstop_timeout = \"3s\"",
+                vec!["worker.network", "worker.ports", "worker.restart", "worker.stop_timeout"],
+            ),
+        ];
+        for (worker, want) in cases {
+            let b = hash(&format!("[worker]\n{worker}\n"));
+            assert_ne!(a.hash, b.hash, "{worker}");
+            assert_eq!(a.changes(&b), want, "{worker}");
+        }
+        // What is not the container's own is not in it: the health and drain
+        // settings, the container name.
+        let same = hash(
+            "[worker]\nenv = { A = \"1\", B = \"2\" }\nvolumes = [\"/d:/m\"]\nname = \"other\"\n\
+             [worker.health]\nhttp = \"http://127.0.0.1:1/h\"\n[worker.drain]\ntimeout = \"1m\"\n",
+        );
+        assert_eq!(a, same);
+    }
+
+    #[test]
+    fn keys_a_label_does_not_name_are_not_compared() {
+        let running = hash("[worker]\nenv = { A = \"1\" }\n");
+        // A label made by a version that did not cover `volumes`, and one
+        // this version does not know: only the keys both name count.
+        let mut older = running.clone();
+        older.keys.remove("volumes");
+        older
+            .keys
+            .insert("devices".into(), "0123456789abcdef".into());
+        older.hash = "sha256:older".into();
+        let want = hash("[worker]\nenv = { A = \"1\" }\nvolumes = [\"/d:/m\"]\n");
+        assert_eq!(older.changes(&want), Vec::<String>::new());
+        assert_eq!(running.changes(&want), ["worker.volumes"]);
+        // A label whose keys do not parse: the hash alone says it changed.
+        let labels = HashMap::from([
+            (LABEL_SPEC.to_string(), "sha256:x".to_string()),
+            (LABEL_SPEC_KEYS.to_string(), "not json".to_string()),
+        ]);
+        let garbled = SpecHash::from_labels(&labels).unwrap();
+        assert_eq!(garbled.changes(&want), ["worker"]);
+        assert_eq!(SpecHash::from_labels(&HashMap::new()), None);
     }
 
     #[test]

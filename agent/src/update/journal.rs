@@ -26,6 +26,7 @@ use time::OffsetDateTime;
 use tracing::{info, warn};
 
 use super::phase::Phase;
+use crate::docker::{Container, SpecHash};
 
 pub const STATE_FILE: &str = "state.json";
 pub const HISTORY_FILE: &str = "history.jsonl";
@@ -57,6 +58,12 @@ pub enum Trigger {
     Cli,
     Hub,
     Startup,
+    /// The fleet group's rollout named the digest (`gpu-fleet rollout start`).
+    Fleet,
+    /// The worker's settings in the config differ from the running
+    /// container's (after a reload, at a start or a poll): the same digest
+    /// is rolled out with them.
+    Config,
 }
 
 /// Reads `pending.step`: one of the update's steps (`Phase::is_step`).
@@ -91,6 +98,62 @@ pub struct Pending {
     /// For a pin: the reference to hold once the digest is verified.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pin: Option<String>,
+    /// A change of the worker's settings alone (`from` = `to`, trigger
+    /// `config`): the settings the new container is made of (`gpu-agent.spec`) ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_spec: Option<String>,
+    /// ... those of the container it replaces (`None`: it carries none, made
+    /// by a version before the label), which tell the two apart ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_spec: Option<String>,
+    /// ... and the keys that differ (`worker.env.HUB_URL`): names, never values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed: Vec<String>,
+}
+
+impl Pending {
+    /// The digest stays and only the worker's settings change.
+    pub fn settings_only(&self) -> bool {
+        self.from.as_deref() == Some(self.to.as_str())
+    }
+
+    /// `c` is the container the update replaces: the old digest (and, for a
+    /// change of settings alone, the old settings).
+    pub fn is_old(&self, c: &Container) -> bool {
+        self.from.is_some()
+            && c.digest == self.from
+            && (!self.settings_only()
+                || c.spec.as_ref().map(|s| &s.hash) == self.from_spec.as_ref())
+    }
+
+    /// `c` is a container of what the update deploys.
+    pub fn is_new(&self, c: &Container) -> bool {
+        c.digest.as_deref() == Some(self.to.as_str()) && !self.is_old(c)
+    }
+}
+
+/// Worker settings that failed verification and were rolled back: not tried
+/// again until the config changes (or an operator's `agentctl check`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigHeld {
+    /// Their hash (`gpu-agent.spec`).
+    pub spec: String,
+    /// The keys that differed from the worker's (names only).
+    pub changed: Vec<String>,
+    pub error: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// The settings a running worker made before containers carried them
+/// (no `gpu-agent.spec` label) is taken to have: the config's when it was
+/// adopted, so that it is not restarted for nothing and a later change of
+/// the config is still seen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdoptedSpec {
+    /// The container's id.
+    pub container: String,
+    pub spec: SpecHash,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,6 +213,13 @@ pub struct State {
     pub first_seen: BTreeMap<String, i64>,
     /// The swaps the hub triggered lately (at most a few an hour).
     pub hub_swaps: crate::trust::SwapLimiter,
+    /// The config's worker settings failed verification and were rolled
+    /// back: held until the config changes (status: `config_held`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_held: Option<ConfigHeld>,
+    /// The settings taken for a running worker without spec labels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adopted_spec: Option<AdoptedSpec>,
     pub pending: Option<Pending>,
 }
 
@@ -238,6 +308,18 @@ impl State {
                 }
                 _ => {}
             }
+            if e.trigger == Trigger::Config {
+                self.config_held = match (e.outcome, &e.spec) {
+                    (Outcome::RolledBack | Outcome::Failed, Some(spec)) => Some(ConfigHeld {
+                        spec: spec.clone(),
+                        changed: e.changed.clone(),
+                        error: e.error.clone().unwrap_or_default(),
+                        at: e.at,
+                    }),
+                    (Outcome::Success, _) => None,
+                    _ => self.config_held.take(),
+                };
+            }
             self.gpu_hold = e.gpu_hold.clone();
         }
         self.current_digest = None;
@@ -301,6 +383,14 @@ pub struct HistoryEntry {
     /// The hold after a GPU fault in force when the entry was written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_hold: Option<String>,
+    /// For a change of the worker's settings (trigger `config`): the keys
+    /// that changed (`worker.env.HUB_URL`, `worker.volumes`), names only ...
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed: Vec<String>,
+    /// ... and the hash of the new settings (`gpu-agent.spec`), so that a
+    /// state rebuilt from the history still holds settings that failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -17,6 +17,8 @@ fn entry(outcome: Outcome) -> HistoryEntry {
         user: None,
         marked_bad: None,
         gpu_hold: None,
+        changed: Vec::new(),
+        spec: None,
     }
 }
 
@@ -106,6 +108,49 @@ fn a_rebuild_keeps_operator_rollbacks_drains_and_pins() {
     let mut s = State::default();
     s.rebuild_from(&h);
     assert!(!s.drained && s.pinned.is_none() && s.pinned_digest.is_none());
+}
+
+#[test]
+fn a_rebuild_keeps_held_worker_settings_and_not_their_digest_bad() {
+    let config = |outcome, spec: &str| HistoryEntry {
+        from: Some("sha256:a".into()),
+        to: Some("sha256:a".into()),
+        trigger: Trigger::Config,
+        changed: vec!["worker.env.MODEL".into()],
+        spec: Some(spec.into()),
+        marked_bad: (outcome != Outcome::Success).then_some(false),
+        error: Some("exited with code 2".into()),
+        ..entry(outcome)
+    };
+    let mut h = vec![
+        HistoryEntry {
+            from: None,
+            to: Some("sha256:a".into()),
+            ..entry(Outcome::Success)
+        },
+        config(Outcome::RolledBack, "sha256:s1"),
+    ];
+    let mut s = State::default();
+    s.rebuild_from(&h);
+    let held = s.config_held.clone().expect("held");
+    assert_eq!(
+        (held.spec.as_str(), held.changed),
+        ("sha256:s1", vec!["worker.env.MODEL".to_string()])
+    );
+    assert!(!s.is_bad("sha256:a"));
+    assert_eq!(s.last_good_digest.as_deref(), Some("sha256:a"));
+    h.push(config(Outcome::Success, "sha256:s2"));
+    let mut s = State::default();
+    s.rebuild_from(&h);
+    assert_eq!(s.config_held, None);
+}
+
+#[test]
+fn a_pending_update_written_before_the_spec_fields_still_loads() {
+    let old = r#"{"from":"sha256:a","to":"sha256:b","trigger":"poll","step":"draining","started_at":"2026-01-01T00:00:00Z"}"#;
+    let p: Pending = serde_json::from_str(old).unwrap();
+    assert!(!p.settings_only());
+    assert_eq!((p.to_spec, p.from_spec, p.changed), (None, None, vec![]));
 }
 
 #[test]
