@@ -116,6 +116,9 @@ fn view(phase: u8, flags: u8) -> View {
             error: None,
             kind: Default::default(),
             pin: None,
+            to_spec: None,
+            from_spec: None,
+            changed: Vec::new(),
         });
     }
     v

@@ -119,7 +119,7 @@ _agentctl() {
             return 0
             ;;
         agentctl__subcmd__check)
-            opts="-h --wait --socket --json --help"
+            opts="-h --wait --dry-run --socket --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -533,7 +533,7 @@ _agentctl() {
             return 0
             ;;
         agentctl__subcmd__update)
-            opts="-h --digest --socket --json --help"
+            opts="-h --digest --dry-run --socket --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

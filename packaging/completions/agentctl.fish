@@ -49,10 +49,12 @@ complete -c agentctl -n "__fish_agentctl_using_subcommand health" -l json -d 'Pr
 complete -c agentctl -n "__fish_agentctl_using_subcommand health" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c agentctl -n "__fish_agentctl_using_subcommand check" -l socket -d 'The agent\'s control socket (its agent.control_socket)' -r -F
 complete -c agentctl -n "__fish_agentctl_using_subcommand check" -l wait -d 'Block until the update the check starts (if any) has ended, and exit with its outcome'
+complete -c agentctl -n "__fish_agentctl_using_subcommand check" -l dry-run -d 'Say what the check would do now, gate by gate, without doing it'
 complete -c agentctl -n "__fish_agentctl_using_subcommand check" -l json -d 'Print the agent\'s answer as JSON (for scripts) instead of text'
 complete -c agentctl -n "__fish_agentctl_using_subcommand check" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c agentctl -n "__fish_agentctl_using_subcommand update" -l digest -d 'The image digest to deploy: sha256: and 64 lowercase hex digits, as `docker buildx imagetools inspect` or the registry shows it' -r
 complete -c agentctl -n "__fish_agentctl_using_subcommand update" -l socket -d 'The agent\'s control socket (its agent.control_socket)' -r -F
+complete -c agentctl -n "__fish_agentctl_using_subcommand update" -l dry-run -d 'Say what the update would do now, gate by gate, without doing it'
 complete -c agentctl -n "__fish_agentctl_using_subcommand update" -l json -d 'Print the agent\'s answer as JSON (for scripts) instead of text'
 complete -c agentctl -n "__fish_agentctl_using_subcommand update" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c agentctl -n "__fish_agentctl_using_subcommand rollback" -l socket -d 'The agent\'s control socket (its agent.control_socket)' -r -F

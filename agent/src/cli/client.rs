@@ -22,7 +22,8 @@ use tokio::task::JoinHandle;
 use super::output::{short_digest, Output};
 use super::CliError;
 use crate::control::api::{
-    ActionResult, CheckRequest, DrainRequest, ErrorBody, Health, PinRequest, Status, UpdateRequest,
+    ActionResult, CheckRequest, DrainRequest, DryRun, DryRunRequest, ErrorBody, Health, PinRequest,
+    Status, UpdateRequest,
 };
 use crate::update::journal::HistoryEntry;
 
@@ -31,6 +32,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The whole of a quick call (status, history, health, a check or a drain
 /// that does not wait, unpin).
 pub const QUICK_TIMEOUT: Duration = Duration::from_secs(10);
+/// A dry run: each of its questions to the registry, hub or engine has its
+/// own limit on the agent's side (30 s); it may also wait behind a check.
+pub const DRY_RUN_TIMEOUT: Duration = Duration::from_secs(600);
 /// How often the phase is polled while a long call runs.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
@@ -99,6 +103,18 @@ impl Client {
             },
         )?;
         self.send(req, None).await
+    }
+
+    /// `POST /v1/dry-run`: what `check` (no digest) or `update --digest`
+    /// would do now; the agent changes nothing.
+    pub async fn dry_run(&self, digest: Option<&str>) -> Result<Reply<DryRun>, CliError> {
+        let req = post(
+            "/v1/dry-run",
+            &DryRunRequest {
+                digest: digest.map(str::to_string),
+            },
+        )?;
+        self.send(req, Some(DRY_RUN_TIMEOUT)).await
     }
 
     /// `POST /v1/drain`; with `wait`, answered once the worker is stopped or

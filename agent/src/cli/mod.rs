@@ -10,6 +10,7 @@ pub mod check;
 pub mod client;
 pub mod docs;
 pub mod drain;
+pub mod dry_run;
 pub mod health;
 pub mod history;
 pub mod output;
@@ -257,6 +258,17 @@ mod tests {
         for cmd in ["undrain", "rollback", "unpin", "health"] {
             Cli::try_parse_from(["agentctl", cmd]).unwrap();
         }
+        let c = Cli::try_parse_from(["agentctl", "check", "--dry-run"]).unwrap();
+        let Command::Check(a) = c.command else {
+            panic!("{:?}", c.command)
+        };
+        assert!(a.dry_run && !a.wait);
+        let d = format!("sha256:{}", "0".repeat(64));
+        let c = Cli::try_parse_from(["agentctl", "update", "--digest", &d, "--dry-run"]).unwrap();
+        let Command::Update(a) = c.command else {
+            panic!("{:?}", c.command)
+        };
+        assert!(a.dry_run);
     }
 
     #[test]
@@ -278,6 +290,8 @@ mod tests {
             &["agentctl", "pin", "v2", "v3"],
             &["agentctl", "unpin", "v2"],
             &["agentctl", "undrain", "--wait"],
+            &["agentctl", "check", "--dry-run", "--wait"],
+            &["agentctl", "update", "--dry-run"],
         ] {
             let e = Cli::try_parse_from(args).unwrap_err();
             assert_eq!(e.exit_code(), Exit::Usage as i32, "{args:?}");

@@ -14,15 +14,25 @@ use super::{CliError, Exit};
 /// the agent refuses (an update already in progress, the worker drained for
 /// maintenance). Deploying a digest marked bad tries it again. Interrupting
 /// agentctl does not stop the update: agentctl status shows how it goes.
+///
+/// With --dry-run nothing changes: the agent says what the update would do
+/// now, gate by gate (as agentctl check --dry-run does for a check), and
+/// agentctl exits 0 whatever the verdict, 4 while an update runs.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The image digest to deploy: sha256: and 64 lowercase hex digits, as
     /// `docker buildx imagetools inspect` or the registry shows it.
     #[arg(long, value_name = "sha256:…", value_parser = parse_digest)]
     pub digest: String,
+    /// Say what the update would do now, gate by gate, without doing it.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 pub async fn run(args: Args, client: &Client, out: Output) -> Result<Exit, CliError> {
+    if args.dry_run {
+        return super::dry_run::run(Some(&args.digest), client, out).await;
+    }
     let reply = client
         .showing_progress(out, "the update", client.update(&args.digest))
         .await?;

@@ -13,6 +13,7 @@
 //! | `POST /v1/rollback` (no body) | 200 [`ActionResult`] `updated` (to the earlier good digest) once it is verified |
 //! | `POST /v1/pin` [`PinRequest`] | 200 [`ActionResult`] `updated` or `up_to_date` once the pinned digest runs |
 //! | `POST /v1/unpin` (no body) | 200 [`ActionResult`] `unpinned` |
+//! | `POST /v1/dry-run` [`DryRunRequest`] | 200 [`DryRun`]: what `check` (no `digest`) or `update` (a `digest`) would do now; changes nothing; 409 while an update or a maintenance drain runs |
 //! | `GET /v1/health` | 200 [`Health`] |
 //!
 //! Errors are `{"error": "..."}` with 400 (malformed request), 404 (no such
@@ -20,6 +21,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::update::dry_run::{DryRun, Gate, Outlook, Pull, SpecDiff, Target, Verdict};
 pub use crate::update::status::{HubStatus, Status};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,6 +129,15 @@ pub struct CheckRequest {
 pub struct UpdateRequest {
     /// `sha256:<64 hex>`.
     pub digest: String,
+}
+
+/// `POST /v1/dry-run`: what an action would do now, without doing it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DryRunRequest {
+    /// `sha256:<64 hex>`: a dry run of `update --digest`; absent: of `check`.
+    #[serde(default)]
+    pub digest: Option<String>,
 }
 
 /// What a check or an update led to.

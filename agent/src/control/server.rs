@@ -24,6 +24,7 @@ use tracing::{info, warn};
 use super::api::{
     ActionResult, CheckRequest, DrainRequest, ErrorBody, Health, PinRequest, UpdateRequest,
 };
+use super::dry_run::{dry_run, DryRunJob};
 use super::peer::Peer;
 use crate::config::Settings;
 use crate::registry::is_sha256_digest;
@@ -91,6 +92,8 @@ pub struct ControlState {
     pub settings: watch::Receiver<Arc<Settings>>,
     pub view: watch::Receiver<View>,
     pub jobs: mpsc::Sender<Job>,
+    /// Dry runs, for the loop to answer between its turns.
+    pub dry_runs: mpsc::Sender<DryRunJob>,
     pub journal: Journal,
     /// Set while an accepted action waits or runs.
     pub busy: Arc<AtomicBool>,
@@ -100,6 +103,8 @@ pub struct ControlState {
     pub health: Arc<dyn HealthSource>,
     /// The hub, with `[hub]` in the config.
     pub hub: Option<Arc<crate::hub::Hub>>,
+    /// The fleet group, with `[fleet]` in the config.
+    pub fleet: Option<Arc<dyn crate::update::ports::Fleet>>,
 }
 
 /// What answers `GET /v1/health`: it looks at the engine and probes the
@@ -161,6 +166,7 @@ pub async fn serve(listener: UnixListener, state: ControlState, shutdown: Cancel
         .route("/v1/rollback", post(rollback))
         .route("/v1/pin", post(pin))
         .route("/v1/unpin", post(unpin))
+        .route("/v1/dry-run", post(dry_run))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
@@ -178,7 +184,7 @@ pub async fn serve(listener: UnixListener, state: ControlState, shutdown: Cancel
     }
 }
 
-fn error(status: StatusCode, message: String) -> Response {
+pub(super) fn error(status: StatusCode, message: String) -> Response {
     (status, Json(ErrorBody { error: message })).into_response()
 }
 
@@ -186,7 +192,9 @@ async fn status(State(s): State<ControlState>) -> Response {
     let v = s.view.borrow().clone();
     let settings = s.settings.borrow().clone();
     let hub = s.hub.as_ref().map(|h| h.status());
-    Json(status_of(&settings, &v, hub)).into_response()
+    let mut st = status_of(&settings, &v, hub);
+    st.fleet = s.fleet.as_ref().map(|f| f.view());
+    Json(st).into_response()
 }
 
 #[derive(Deserialize)]
@@ -553,6 +561,9 @@ mod tests {
             error: None,
             kind: Default::default(),
             pin: None,
+            to_spec: None,
+            from_spec: None,
+            changed: Vec::new(),
         });
         let why = refusal(&update, &v).unwrap();
         assert!(
