@@ -643,6 +643,8 @@ mod tests {
                 user: None,
                 marked_bad: None,
                 gpu_hold: None,
+                changed: Vec::new(),
+                spec: None,
             },
             Some(at - time::Duration::seconds(12)),
         );
@@ -687,6 +689,8 @@ mod tests {
             user: None,
             marked_bad: None,
             gpu_hold: None,
+            changed: Vec::new(),
+            spec: None,
         }
     }
 

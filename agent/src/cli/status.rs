@@ -13,7 +13,8 @@ use crate::control::api::Status;
 /// rolling_back, drained, failed), the digest the worker runs and the last
 /// one that passed verification, whether the worker is drained or pinned, the
 /// digests marked bad (and why), when the agent last checked for a new digest
-/// and when it checks next, its last error, and the update in progress.
+/// and when it checks next, its last error, the update in progress, and worker
+/// settings from the config that failed and are held until it changes.
 #[derive(Debug, clap::Args)]
 pub struct Args {}
 
@@ -70,13 +71,39 @@ pub fn render(s: &Status, now: OffsetDateTime) -> String {
             .as_ref()
             .map_or_else(|| "none in progress".into(), |p| pending(p, now)),
     ));
+    if let Some(h) = &s.config_held {
+        rows.push(("config held", config_held(h, now)));
+    }
     if let Some(u) = &s.state_unsaved {
         rows.push(("disk", format!("{u} (the agent goes on from memory)")));
+    }
+    if let Some(f) = &s.fleet {
+        rows.push(("fleet", fleet(f)));
     }
     if let Some(h) = &s.hub {
         rows.push(("hub", hub(h)));
     }
     key_values(&rows)
+}
+
+/// `group gpu-workers: slot 0 for sha256:…; rollout of sha256:… rolling; waiting: …`.
+fn fleet(f: &crate::fleet::FleetView) -> String {
+    let mut out = format!("group {}", f.group);
+    if !f.etcd_reachable {
+        out.push_str(" (etcd not reachable: no update starts)");
+    }
+    match (f.slot, &f.slot_digest) {
+        (Some(n), Some(d)) => out.push_str(&format!("; holds slot {n} for {d}")),
+        (Some(n), None) => out.push_str(&format!("; holds slot {n}")),
+        _ => {}
+    }
+    if let (Some(d), Some(st)) = (&f.rollout_digest, &f.rollout_state) {
+        out.push_str(&format!("; rollout of {d} {}", st.as_str()));
+    }
+    if let Some(w) = &f.waiting {
+        out.push_str(&format!("; waiting: {w}"));
+    }
+    crate::text::sanitize(&out, crate::text::MAX_TEXT * 2)
 }
 
 /// `https://hub (desired digests, events connected): sha256:… wanted; last error: …`.
@@ -100,6 +127,23 @@ fn hub(h: &crate::hub::HubStatus) -> String {
         (None, None) => {}
     }
     line
+}
+
+/// `worker.env.MODEL failed 2026-… (3m ago): … (updates wait until the config changes)`.
+fn config_held(h: &crate::update::ConfigHeld, now: OffsetDateTime) -> String {
+    let keys = if h.changed.is_empty() {
+        "the worker settings".to_string()
+    } else {
+        h.changed.join(", ")
+    };
+    crate::text::sanitize(
+        &format!(
+            "{keys} failed {}: {} (updates wait until the config changes; agentctl check tries them again)",
+            moment(h.at, now),
+            h.error
+        ),
+        crate::text::MAX_TEXT * 2,
+    )
 }
 
 /// `yes since … (4m ago): reason (updates are held until agentctl undrain)`.
@@ -143,6 +187,14 @@ fn pending(p: &serde_json::Value, now: OffsetDateTime) -> String {
     }
     if let Some(trigger) = text("trigger") {
         s.push_str(&format!(", trigger {trigger}"));
+    }
+    let changed: Vec<&str> = p
+        .get("changed")
+        .and_then(|c| c.as_array())
+        .map(|c| c.iter().filter_map(|k| k.as_str()).collect())
+        .unwrap_or_default();
+    if !changed.is_empty() {
+        s.push_str(&format!(" ({})", changed.join(", ")));
     }
     if let Some(at) = text("started_at") {
         s.push_str(&format!(", started {}", when(at, now)));
@@ -192,6 +244,8 @@ mod tests {
             pinned_digest: None,
             state_unsaved: None,
             hub: None,
+            fleet: None,
+            config_held: None,
         };
         let text = render(&s, now);
         let expected = format!(
@@ -235,6 +289,8 @@ update:       aaaaaaaaaaaa → cccccccccccc, step draining, trigger cli, started
             pinned_digest: None,
             state_unsaved: None,
             hub: None,
+            fleet: None,
+            config_held: None,
         };
         let text = render(&s, datetime!(2026-11-22 07:15:23 UTC));
         for line in [
@@ -271,6 +327,8 @@ update:       aaaaaaaaaaaa → cccccccccccc, step draining, trigger cli, started
             pinned_digest: Some(digest('a')),
             state_unsaved: None,
             hub: None,
+            fleet: None,
+            config_held: None,
         };
         let text = render(&s, datetime!(2026-11-22 07:15:23 UTC));
         let drained = "drained:      yes since 2026-11-22T07:11:23Z (4m ago): driver upgrade \

@@ -13,11 +13,12 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+mod fleet;
 mod systemd;
 
 use crate::config::Settings;
 use crate::control::api::ActionResult;
-use crate::control::{self, Action, ControlState, Job};
+use crate::control::{self, Action, ControlState, DryRunJob, Job};
 use crate::docker::BollardEngine;
 use crate::registry::{ClientOptions, RegistryClient};
 use crate::update::{CheckOutcome, Ports, Trigger, UpdateError, Updater};
@@ -68,9 +69,6 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
         "gpu-agent starting"
     );
 
-    if let Some(f) = &settings.fleet {
-        warn!(group = %f.group, "[fleet] is set, but this agent does not take the group's slots yet: it updates alone (gpu-fleet drives the group's records; see docs/fleet.md, \"Status\")");
-    }
     let registry = registry_client(&settings)?;
     let (settings_tx, settings_rx) = tokio::sync::watch::channel(settings.clone());
 
@@ -117,9 +115,20 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
         Err(e) => warn!(error = %e, "could not read the history for the metrics"),
     }
     updater.set_hub(hub.clone().map(|h| h as Arc<dyn crate::update::ports::Hub>));
+    // The fleet group: a slot before the worker is disrupted (connects in
+    // the background; until etcd answers, no update starts).
+    let gate = fleet::start(&settings).await?;
+    let group: Arc<dyn crate::update::ports::Fleet> = match &gate {
+        Some(g) => g.clone(),
+        None => Arc::new(crate::fleet::LoneHost),
+    };
+    updater.set_fleet(group.clone());
+    let last_event = fleet::LastEvent::default();
+    updater.subscribe(fleet::last_event_subscriber(last_event.clone()));
 
     // The control socket answers status at once; actions queue for the loop below.
     let (jobs_tx, mut jobs) = mpsc::channel::<Job>(8);
+    let (dry_runs_tx, mut dry_runs) = mpsc::channel::<DryRunJob>(8);
     let listener = control::bind(&settings.agent.control_socket).await?;
     info!(socket = %settings.agent.control_socket.display(), "control socket ready");
     let control = tokio::spawn(control::serve(
@@ -128,14 +137,27 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
             settings: settings_rx.clone(),
             view: updater.watch(),
             jobs: jobs_tx,
+            dry_runs: dry_runs_tx,
             journal: updater.journal().clone(),
             busy: Default::default(),
             drain_cancel: updater.drain_cancel(),
             health: Arc::new(checker),
             hub: hub.clone(),
+            fleet: gate
+                .clone()
+                .map(|g| g as Arc<dyn crate::update::ports::Fleet>),
         },
         shutdown.clone(),
     ));
+    if let Some(g) = &gate {
+        tokio::spawn(fleet::report(
+            g.clone(),
+            updater.watch(),
+            settings.gpu.check,
+            last_event,
+            shutdown.clone(),
+        ));
+    }
 
     if let Some(addr) = settings.agent.metrics_listen {
         let (view, stop) = (updater.watch(), shutdown.clone());
@@ -205,9 +227,13 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
             _ = shutdown.cancelled() => Event::Stop,
             _ = tokio::time::sleep_until(deadline) => Event::Tick,
             _ = watchdog.due() => Event::Watchdog,
+            // Before the tick: a dry run asked for at rest describes the
+            // agent at rest, not after the poll that fell due meanwhile.
+            Some(job) = dry_runs.recv() => Event::DryRun(job),
             _ = hup.recv() => Event::Reload,
             Some(job) = jobs.recv() => Event::Job(job),
             nudge = nudges.recv() => Event::Nudge(nudge),
+            _ = group.changed() => Event::Fleet,
         };
         match event {
             Event::Stop => break,
@@ -223,6 +249,17 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
                             updater.reload(new.clone(), Ports::real(registry, &new));
                             settings_tx.send_replace(new.clone());
                             settings = new;
+                            // New worker settings are rolled out now (until
+                            // the first convergence, the tick's check does it).
+                            if converged {
+                                match watchdog.alive(updater.apply_config()).await {
+                                    Ok(outcome) => log_outcome(&outcome),
+                                    Err(e) => {
+                                        updater.note_error(&e);
+                                        error!(error = %crate::error_chain(&e), "rolling out the reloaded worker settings failed; the worker is left as it is; the next poll tries again")
+                                    }
+                                }
+                            }
                         }
                         Err(e) => {
                             error!(error = %format!("{e:#}"), "config reload refused; keeping the running config")
@@ -242,6 +279,13 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
                     .alive_within(run_job(&mut updater, job), bounds)
                     .await
             }
+            Event::DryRun(job) => {
+                // The caller gave up (an update started before this turn).
+                if !job.reply.is_closed() {
+                    let report = watchdog.alive(updater.dry_run(&job.of)).await;
+                    let _ = job.reply.send(report);
+                }
+            }
             Event::Nudge(nudge) => {
                 // Nudges that came during an update are one check: the
                 // newest one (`Nudges` keeps only it). The check begins with
@@ -256,6 +300,20 @@ pub async fn run(settings: Settings, config: PathBuf) -> anyhow::Result<()> {
                 }
                 if let Some(h) = &hub {
                     h.heartbeat();
+                }
+            }
+            Event::Fleet => {
+                // The group changed (a rollout, a slot freed, a canary
+                // verified, etcd back): check now. Until the first
+                // convergence, the tick's retries go on.
+                if converged {
+                    match watchdog.alive(updater.check(Trigger::Poll)).await {
+                        Ok(outcome) => log_outcome(&outcome),
+                        Err(e) => {
+                            updater.note_error(&e);
+                            error!(error = %crate::error_chain(&e), "check after a fleet change failed; the worker is left as it is; the next poll tries again")
+                        }
+                    }
                 }
             }
             Event::Tick => {
@@ -375,12 +433,16 @@ enum Event {
     Reload,
     /// An operator's action from the control socket.
     Job(Job),
+    /// A dry run from the control socket (`updater.dry_run`, changes nothing).
+    DryRun(DryRunJob),
     /// SIGTERM or SIGINT.
     Stop,
     /// systemd's watchdog wants its ping (the loop is alive to take it).
     Watchdog,
     /// The hub asks for a check now (a digest, when the nudge names one).
     Nudge(hub_client::Nudge),
+    /// The fleet group changed in a way a waiting host cares about.
+    Fleet,
 }
 
 /// Tells systemd what the agent does, on every phase change.
@@ -604,6 +666,8 @@ fn reload(path: &Path, running: &Settings) -> Option<Arc<Settings>> {
         ("docker.host", new.docker.host != running.docker.host),
         // The hub's client and tasks are set up once, at start.
         ("hub", new.hub != running.hub),
+        // So is the fleet gate (its session holds the host's lease).
+        ("fleet", new.fleet != running.fleet),
     ];
     if let Some((key, _)) = fixed.iter().find(|(_, changed)| *changed) {
         error!(key, "config reload refused: this key changes only with a restart; keeping the running config");
@@ -619,7 +683,7 @@ fn reload(path: &Path, running: &Settings) -> Option<Arc<Settings>> {
               "changes only with a restart: the metrics endpoint stays where it is until then");
     }
     info!(image = %new.image.name, policy = %new.image.policy,
-          "config reloaded; worker settings apply to the next container created");
+          "config reloaded; a change of the worker's container settings is rolled out now (trigger config), the rest applies from the next check");
     Some(Arc::new(new))
 }
 

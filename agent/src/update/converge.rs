@@ -47,15 +47,13 @@ impl<E: Engine> Updater<E> {
         };
         warn!(from = p.from.as_deref().unwrap_or("-"), to = %p.to, step = ?p.step,
               "resuming an interrupted update");
-        let old_running = match &p.from {
-            Some(from) => self
+        let old_running = p.from.is_some()
+            && self
                 .engine
                 .list_managed()
                 .await?
                 .iter()
-                .any(|c| c.running && c.digest.as_deref() == Some(from.as_str())),
-            None => false,
-        };
+                .any(|c| c.running && p.is_old(c));
         match p.step {
             Phase::Swapping if old_running => self.abort_interrupted(&p).await,
             Phase::Swapping | Phase::Verifying => {
@@ -92,7 +90,7 @@ impl<E: Engine> Updater<E> {
         // it: interrupted in between, it runs on without its policy.
         if p.step == Phase::Swapping {
             for c in self.engine.list_managed().await? {
-                if c.running && p.from.is_some() && c.digest == p.from {
+                if c.running && p.is_old(&c) {
                     self.restore_restart(&c.id).await?;
                 }
             }
@@ -128,6 +126,9 @@ impl<E: Engine> Updater<E> {
             error: None,
             kind: super::Kind::Update,
             pin: None,
+            to_spec: None,
+            from_spec: None,
+            changed: Vec::new(),
         });
         self.save()?;
         Ok(())

@@ -16,7 +16,7 @@ use crate::docker::Engine;
 use crate::gpu::{self, GpuProbe, Snapshot, Xid, XidClass};
 
 /// The problems of an assessment that block an update, in words.
-fn blocking(a: &gpu::Assessment) -> String {
+pub(super) fn blocking(a: &gpu::Assessment) -> String {
     let why: Vec<&str> = a
         .problems
         .iter()

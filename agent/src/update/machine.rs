@@ -229,6 +229,18 @@ fn busy(phase: Phase, st: &State) -> Option<String> {
     }
 }
 
+/// Whether a dry run (`agentctl check --dry-run`, `update --dry-run`) can be
+/// answered now: not while an update or a maintenance drain runs (it would
+/// describe a state about to change); a check in progress only delays it.
+/// Drained and pinned are no reason: the dry run says what they hold.
+pub fn allows_dry_run(phase: Phase, st: &State) -> Result<(), String> {
+    match busy(phase, st) {
+        Some(_) if phase == Checking && st.pending.is_none() => Ok(()),
+        Some(why) => Err(why),
+        None => Ok(()),
+    }
+}
+
 /// Why updates are held now (drained or pinned), if they are: a poll or a
 /// nudge does nothing while this says something.
 pub fn held(st: &State) -> Option<&'static str> {

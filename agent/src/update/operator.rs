@@ -58,6 +58,8 @@ impl<E: Engine> Updater<E> {
             user: None,
             marked_bad: None,
             gpu_hold: None,
+            changed: Vec::new(),
+            spec: None,
         });
     }
 
@@ -312,6 +314,8 @@ impl<E: Engine> Updater<E> {
                 user: None,
                 marked_bad: None,
                 gpu_hold: None,
+                changed: Vec::new(),
+                spec: None,
             });
             return Ok(CheckOutcome::UpToDate);
         }
@@ -342,6 +346,8 @@ impl<E: Engine> Updater<E> {
                 user: None,
                 marked_bad: None,
                 gpu_hold: None,
+                changed: Vec::new(),
+                spec: None,
             });
         }
         Ok(CheckOutcome::Unpinned)

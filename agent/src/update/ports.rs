@@ -19,6 +19,9 @@ use time::OffsetDateTime;
 use url::Url;
 
 use crate::config::{HubSettings, Settings};
+use crate::fleet::{
+    Decision, FleetError, FleetGate, FleetView, HostReport, Outcome as FleetOutcome,
+};
 use crate::registry::{
     EngineCredentials, ImageName, Policy, RegistryClient, RegistryError, Resolved,
 };
@@ -173,6 +176,59 @@ impl Trust for ImageTrust {
             )))
         }
         .boxed()
+    }
+}
+
+/// The fleet group, as the update needs it: a slot before the old worker is
+/// disrupted, the outcome after, the group's desired digest. The object-safe
+/// face of [`crate::fleet::FleetGate`] (every gate is one); a host without
+/// `[fleet]` has [`crate::fleet::LoneHost`], which always says Go.
+pub trait Fleet: Send + Sync {
+    fn decide<'a>(&'a self, digest: &'a str) -> BoxFuture<'a, Decision>;
+    fn release(&self) -> BoxFuture<'_, Result<(), FleetError>>;
+    fn report_outcome<'a>(
+        &'a self,
+        digest: &'a str,
+        outcome: FleetOutcome,
+        detail: &'a str,
+    ) -> BoxFuture<'a, Result<(), FleetError>>;
+    fn report_host(&self, report: HostReport) -> BoxFuture<'_, ()>;
+    fn desired(&self) -> Option<String>;
+    fn changed(&self) -> BoxFuture<'_, ()>;
+    fn view(&self) -> FleetView;
+    /// Whether this host is in a fleet group (`[fleet]` is set).
+    fn grouped(&self) -> bool;
+}
+
+impl<G: FleetGate> Fleet for G {
+    fn decide<'a>(&'a self, digest: &'a str) -> BoxFuture<'a, Decision> {
+        FleetGate::decide(self, digest).boxed()
+    }
+    fn release(&self) -> BoxFuture<'_, Result<(), FleetError>> {
+        FleetGate::release(self).boxed()
+    }
+    fn report_outcome<'a>(
+        &'a self,
+        digest: &'a str,
+        outcome: FleetOutcome,
+        detail: &'a str,
+    ) -> BoxFuture<'a, Result<(), FleetError>> {
+        FleetGate::report_outcome(self, digest, outcome, detail).boxed()
+    }
+    fn report_host(&self, report: HostReport) -> BoxFuture<'_, ()> {
+        FleetGate::report_host(self, report).boxed()
+    }
+    fn desired(&self) -> Option<String> {
+        FleetGate::desired(self)
+    }
+    fn changed(&self) -> BoxFuture<'_, ()> {
+        FleetGate::changed(self).boxed()
+    }
+    fn view(&self) -> FleetView {
+        FleetGate::view(self)
+    }
+    fn grouped(&self) -> bool {
+        !FleetGate::view(self).group.is_empty()
     }
 }
 

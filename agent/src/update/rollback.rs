@@ -25,16 +25,14 @@ impl<E: Engine> Updater<E> {
     ) -> Result<CheckOutcome, UpdateError> {
         let error = failure.error.clone();
         warn!(digest = %p.to, error = %error, blame = ?failure.blame, "the new worker failed; rolling back");
-        self.settle_blame(&p.to, &failure);
+        self.settle_blame(p, &failure);
         self.set_step(Machine::roll_back)?;
         let name = self.name().to_string();
         let cs = self.engine.list_managed().await?;
         // An old worker that was never stopped is still drained: it gets its jobs back below.
-        let old_kept_running = cs
-            .iter()
-            .any(|c| c.running && p.from.is_some() && c.digest == p.from);
+        let old_kept_running = cs.iter().any(|c| c.running && p.is_old(c));
         for c in &cs {
-            if c.digest.as_deref() == Some(p.to.as_str()) {
+            if p.is_new(c) {
                 if c.running {
                     self.engine.stop(&c.id, self.worker.stop_timeout).await?;
                 }
@@ -52,7 +50,7 @@ impl<E: Engine> Updater<E> {
             self.go(Machine::fail)?;
             return Ok(CheckOutcome::Failed(error));
         };
-        self.put_back(&name, &from).await?;
+        self.put_back(&name, p).await?;
         failpoint::hit("after-rollback-start").await;
         let note = match old_kept_running {
             true => self.give_jobs_back().await,
@@ -74,9 +72,16 @@ impl<E: Engine> Updater<E> {
                 let downtime = swap_began
                     .map(|t0| healthy_at.saturating_duration_since(t0).as_millis() as u64);
                 self.history(p, Outcome::RolledBack, Some(error.clone()), downtime);
+                let what = match p.settings_only() {
+                    true => format!(
+                        "the worker's new settings ({}) were rolled back and are held until the config changes",
+                        p.changed.join(", ")
+                    ),
+                    false => format!("{} was rolled back", p.to),
+                };
                 self.last_error = Some(match note {
-                    Some(n) => format!("{} was rolled back: {error}; {n}", p.to),
-                    None => format!("{} was rolled back: {error}", p.to),
+                    Some(n) => format!("{what}: {error}; {n}"),
+                    None => format!("{what}: {error}"),
                 });
                 self.settle()?;
                 Ok(CheckOutcome::RolledBack {
@@ -98,19 +103,27 @@ impl<E: Engine> Updater<E> {
         }
     }
 
-    /// Settles the blame for `target` in the state, to be saved in the same
+    /// Settles the blame for `p.to` in the state, to be saved in the same
     /// write as the rollback's step, so a crash cannot lose it: the image's
-    /// fault marks it bad, a strike counts, a GPU fault holds updates.
-    fn settle_blame(&mut self, target: &str, failure: &Failure) {
+    /// fault marks it bad, a strike counts, a GPU fault holds updates. New
+    /// settings of the digest that runs are held instead, whatever failed
+    /// (but a GPU fault): the digest ran well before them.
+    fn settle_blame(&mut self, p: &Pending, failure: &Failure) {
+        let target = p.to.as_str();
         let error = &failure.error;
         let marked = match failure.blame {
+            Blame::GpuFault | Blame::Stopped => false,
+            _ if p.settings_only() => {
+                self.hold_settings(p, error);
+                false
+            }
             Blame::Image => {
                 let at = self.now();
                 self.state.mark_bad(target, error, at);
                 true
             }
             Blame::Strike => self.strike(target, error),
-            Blame::None | Blame::Stopped | Blame::GpuFault => false,
+            Blame::None => false,
         };
         if marked {
             warn!(digest = %target, "marked bad: it is not tried again until the tag moves or an operator deploys it");
@@ -123,12 +136,13 @@ impl<E: Engine> Updater<E> {
         }
     }
 
-    /// Puts `from`'s container back under the primary name (renamed from
+    /// Puts the old container back under the primary name (renamed from
     /// `<name>-prev`, its restart policy restored) and starts it; recreated
     /// from the spec if it is gone.
-    async fn put_back(&self, name: &str, from: &str) -> Result<(), UpdateError> {
+    async fn put_back(&self, name: &str, p: &Pending) -> Result<(), UpdateError> {
+        let from = p.from.as_deref().unwrap_or_default();
         let cs = self.engine.list_managed().await?;
-        match cs.iter().find(|c| c.digest.as_deref() == Some(from)) {
+        match cs.iter().find(|c| p.is_old(c)) {
             Some(old) => {
                 if old.name != name {
                     self.remove_named(name).await;

@@ -9,9 +9,11 @@ use tracing::{info, warn};
 
 use super::events::Event;
 use super::failpoint;
+use super::fleet_slot::SlotAnswer;
 use super::journal::{Kind, Outcome, Pending, Retry, Trigger};
 use super::machine::Machine;
 use super::outcome::{Blame, CheckOutcome, Failure, UpdateError};
+use super::spec_change::SettingsChange;
 use super::Updater;
 use crate::config::OnDrainTimeout;
 use crate::docker::{Engine, EngineError};
@@ -69,10 +71,27 @@ impl<E: Engine> Updater<E> {
         kind: Kind,
         pin: Option<String>,
     ) -> Result<CheckOutcome, UpdateError> {
-        let snap = match self.preflight(target, trigger, kind).await? {
+        self.deploy_with(target, trigger, kind, pin, None).await
+    }
+
+    /// [`Updater::deploy`]; with `change`, the running digest is deployed
+    /// again with the config's worker settings (`spec_change.rs`).
+    pub(super) async fn deploy_with(
+        &mut self,
+        target: &str,
+        trigger: Trigger,
+        kind: Kind,
+        pin: Option<String>,
+        change: Option<SettingsChange>,
+    ) -> Result<CheckOutcome, UpdateError> {
+        let snap = match self
+            .preflight(target, trigger, kind, change.is_some())
+            .await?
+        {
             Ok(snap) => snap,
             Err(outcome) => return Ok(outcome),
         };
+        let change = change.unwrap_or_default();
         let p = Pending {
             from: self.state.current_digest.clone(),
             to: target.to_string(),
@@ -82,6 +101,9 @@ impl<E: Engine> Updater<E> {
             error: None,
             kind,
             pin,
+            to_spec: change.to_spec,
+            from_spec: change.from_spec,
+            changed: change.changed,
         };
         self.state.pending = Some(p.clone());
         if let Err(e) = self.set_step(Machine::pull) {
@@ -92,16 +114,24 @@ impl<E: Engine> Updater<E> {
             return Err(e);
         }
         let before_swap = match self.pull_step(&p, snap.as_ref()).await? {
-            None => self.drain_step(&p).await?,
+            // The fleet group's slot, between the pull and the drain: the
+            // old worker serves while the host waits for one.
+            None => match self.take_slot(&p).await? {
+                SlotAnswer::Go => self.drain_step(&p).await?,
+                SlotAnswer::Wait(why) => return self.wait_for_slot(&p, why).await,
+            },
             stop => stop,
         };
         match before_swap {
             Some(Stop::Before(outcome)) => Ok(outcome),
-            Some(Stop::Abort(reason)) => Ok(CheckOutcome::Aborted(
-                self.abort_prepared(&p, reason).await?,
-            )),
+            Some(Stop::Abort(reason)) => {
+                let said = self.abort_prepared(&p, reason).await?;
+                self.give_slot_back().await;
+                Ok(CheckOutcome::Aborted(said))
+            }
             Some(Stop::GpuFault(what)) => {
                 let said = self.abort_prepared(&p, what.clone()).await?;
+                self.give_slot_back().await;
                 self.hold_for_gpu_fault(&what, trigger).await?;
                 Ok(CheckOutcome::Aborted(said))
             }
@@ -118,13 +148,15 @@ impl<E: Engine> Updater<E> {
     }
 
     /// Before anything is pulled: the worker runs as it should, the target is
-    /// new, and the gates (the engine's GPUs, the GPU pre-flight, the hub)
-    /// let an update start. `Ok(Err(outcome))`: it does not start.
+    /// new (or its settings are), and the gates (the engine's GPUs, the GPU
+    /// pre-flight, the hub) let an update start. `Ok(Err(outcome))`: it does
+    /// not start.
     async fn preflight(
         &mut self,
         target: &str,
         trigger: Trigger,
         kind: Kind,
+        settings_only: bool,
     ) -> Result<Result<Option<Snapshot>, CheckOutcome>, UpdateError> {
         // The turn began with recovery; if it failed, the starting point must
         // be made sound now (this also refuses a worker name held by a
@@ -133,7 +165,8 @@ impl<E: Engine> Updater<E> {
             self.converge().await?;
         }
         self.settle()?;
-        if self.state.current_digest.as_deref() == Some(target) {
+        let running = self.state.current_digest.as_deref() == Some(target);
+        if running != settings_only {
             return Ok(Err(CheckOutcome::UpToDate));
         }
         // An engine that could not give the last new worker its GPUs would
@@ -150,8 +183,11 @@ impl<E: Engine> Updater<E> {
                 return Ok(Err(CheckOutcome::Failed(msg)));
             }
         }
-        if let Some(refused) = self.admit(target, trigger, kind).await? {
-            return Ok(Err(refused));
+        // The digest that runs was admitted when it was deployed.
+        if !settings_only {
+            if let Some(refused) = self.admit(target, trigger, kind).await? {
+                return Ok(Err(refused));
+            }
         }
         let snap = match self.gpu_gate(target, trigger, kind).await {
             Ok(snap) => snap,
@@ -191,7 +227,16 @@ impl<E: Engine> Updater<E> {
                 UpdateError::Registry(r) => !r.is_transient(),
                 _ => false,
             };
-            let marked = counts && self.strike(target, &msg);
+            // A container the engine will not create from the new settings
+            // of a digest that runs is the settings' fault: they are held.
+            let marked = if p.settings_only() {
+                if counts {
+                    self.hold_settings(p, &msg);
+                }
+                false
+            } else {
+                counts && self.strike(target, &msg)
+            };
             warn!(digest = %target, error = %msg, counted = counts, marked_bad = marked,
                   "could not prepare the new worker; the old one keeps serving");
             // A digest the hub named that the registry does not have leaves
@@ -336,7 +381,7 @@ impl<E: Engine> Updater<E> {
         p: &Pending,
     ) -> Result<CheckOutcome, UpdateError> {
         let t0 = Instant::now();
-        let outcome = match self.swap(p.from.as_deref(), &p.to).await {
+        let outcome = match self.swap(p).await {
             Ok(xid_base) => {
                 failpoint::hit("after-start").await;
                 self.set_step(Machine::verify)?;
@@ -358,6 +403,19 @@ impl<E: Engine> Updater<E> {
         if !matches!(&outcome, Err(f) if f.blame == Blame::Stopped) {
             self.emit(Event::WorkerHealth(outcome.is_ok()));
         }
+        let blame = outcome.as_ref().err().map(|f| f.blame);
+        let out = self.end_swap(p, outcome, t0).await?;
+        self.slot_after_swap(p, &out, blame).await;
+        Ok(out)
+    }
+
+    /// Step 5: commit the verified worker, or roll back.
+    async fn end_swap(
+        &mut self,
+        p: &Pending,
+        outcome: Result<Instant, Failure>,
+        t0: Instant,
+    ) -> Result<CheckOutcome, UpdateError> {
         match outcome {
             Ok(healthy_at) => {
                 let downtime = healthy_at.saturating_duration_since(t0).as_millis() as u64;
@@ -381,7 +439,8 @@ impl<E: Engine> Updater<E> {
                 let blamed_image = f.blame == Blame::Image;
                 let out = self.rollback(p, f, Some(t0)).await?;
                 if let CheckOutcome::RolledBack { error, .. } = &out {
-                    if !blamed_image {
+                    // Settings that failed are held instead (`rollback`).
+                    if !blamed_image && !p.settings_only() {
                         self.back_off(&p.to, error);
                     }
                 }
@@ -410,6 +469,17 @@ impl<E: Engine> Updater<E> {
             _ => {}
         }
         self.state.pending = None;
+        // The worker is made of the config's settings now.
+        self.state.adopted_spec = None;
+        let spec = crate::docker::SpecHash::of(&self.worker).hash;
+        if self
+            .state
+            .config_held
+            .as_ref()
+            .is_some_and(|h| h.spec == spec)
+        {
+            self.state.config_held = None;
+        }
         failpoint::hit("before-commit-save").await;
         self.save_going_on();
         self.state.strikes.remove(&p.to);
@@ -457,7 +527,7 @@ impl<E: Engine> Updater<E> {
             None => reason,
         };
         for c in self.engine.list_managed().await? {
-            if c.digest.as_deref() == Some(p.to.as_str()) && !c.running {
+            if p.is_new(&c) && !c.running {
                 self.engine.remove(&c.id).await?;
             }
         }
@@ -473,12 +543,13 @@ impl<E: Engine> Updater<E> {
     /// Idempotent: converges from any point of an interrupted swap.
     /// Returns the XID seq from which XIDs are the new worker's (read after
     /// the old one stopped, so its dying XIDs are not held against the image).
-    pub(super) async fn swap(&self, from: Option<&str>, to: &str) -> Result<u64, UpdateError> {
+    pub(super) async fn swap(&self, p: &Pending) -> Result<u64, UpdateError> {
+        let to = p.to.as_str();
         let name = self.name().to_string();
         let prev = self.prev_name();
         let cs = self.engine.list_managed().await?;
         for c in &cs {
-            if c.digest.as_deref() != Some(to) && (c.running || c.restarting) {
+            if !p.is_new(c) && (c.running || c.restarting) {
                 info!(container = %c.name, digest = c.digest.as_deref().unwrap_or("-"), "stopping the old worker");
                 self.engine.set_restart(&c.id, "no", None).await?;
                 failpoint::hit("after-restart-no").await;
@@ -488,10 +559,10 @@ impl<E: Engine> Updater<E> {
         failpoint::hit("after-stop").await;
         // Park the old container as <name>-prev for a fast rollback; anything else in the way goes.
         for c in &cs {
-            if c.digest.as_deref() == Some(to) {
+            if p.is_new(c) {
                 continue;
             }
-            if from.is_some() && c.digest.as_deref() == from {
+            if p.is_old(c) {
                 if c.name != prev {
                     self.remove_named(&prev).await;
                     self.engine.rename(&c.id, &prev).await?;
@@ -500,7 +571,7 @@ impl<E: Engine> Updater<E> {
                 self.engine.remove(&c.id).await?;
             }
         }
-        let new = match cs.iter().find(|c| c.digest.as_deref() == Some(to)) {
+        let new = match cs.iter().find(|c| p.is_new(c)) {
             Some(c) => c.clone(),
             None => {
                 let id = self.create_pulled(&self.next_name(), to).await?;

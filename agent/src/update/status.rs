@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use super::journal::{BadDigest, State};
+use super::journal::{BadDigest, ConfigHeld, State};
 use super::machine::Phase;
 use crate::config::Settings;
 
@@ -75,6 +75,15 @@ pub struct Status {
     /// What the agent knows of the hub (`null` without `[hub]`).
     #[serde(default)]
     pub hub: Option<HubStatus>,
+    /// The host's fleet group (`null` without `[fleet]`): group, slot,
+    /// rollout, why it waits (docs/fleet.md).
+    #[serde(default)]
+    pub fleet: Option<crate::fleet::FleetView>,
+    /// The config's worker settings failed verification and were rolled
+    /// back (`null` when not): `{spec, changed, error, at}`; updates wait
+    /// until the config changes.
+    #[serde(default)]
+    pub config_held: Option<ConfigHeld>,
 }
 
 /// What the agent knows of the hub now (`agentctl status --json` → `hub`).
@@ -128,5 +137,7 @@ pub fn status_of(settings: &Settings, v: &View, hub: Option<HubStatus>) -> Statu
         pinned_digest: v.state.pinned_digest.clone(),
         state_unsaved: v.unsaved.clone(),
         hub,
+        fleet: None,
+        config_held: v.state.config_held.clone(),
     }
 }

@@ -14,8 +14,9 @@ use crate::docker::Engine;
 impl<E: Engine> Updater<E> {
     /// What every check does first (a poll, a nudge): recovery (an
     /// interrupted update finished, the worker made to run), the GPU fault
-    /// watch, a missed resume notice sent again. `Some`:
-    /// updates are held (drained or pinned).
+    /// watch, a missed resume notice sent again, new worker settings rolled
+    /// out. `Some`: that rollout's outcome, or updates are held (drained,
+    /// pinned, or the config's worker settings failed).
     pub(super) async fn before_check(
         &mut self,
         trigger: Trigger,
@@ -36,8 +37,20 @@ impl<E: Engine> Updater<E> {
                 "the agent is shutting down".into(),
             )));
         }
+        self.release_if_steady().await;
         self.hub_resume_pending().await;
-        Ok(held(&self.state).map(CheckOutcome::Held))
+        // New worker settings in the config are rolled out first (also
+        // while pinned: a pin holds the digest, not the settings).
+        if !self.state.drained {
+            if let Some(out) = self.roll_out_settings(trigger).await? {
+                return Ok(Some(out));
+            }
+        }
+        let held = held(&self.state).map(CheckOutcome::Held);
+        if held.is_some() {
+            self.leave_queue().await;
+        }
+        Ok(held)
     }
 
     /// Resolves the configured tag or range and updates if the digest is new.
@@ -46,6 +59,15 @@ impl<E: Engine> Updater<E> {
             return Ok(held);
         }
         self.go(Machine::check)?;
+        // A fleet group's rollout names the digest for every host in it.
+        if let Some(target) = self.fleet.desired() {
+            self.checked(true);
+            let trigger = match trigger {
+                Trigger::Poll | Trigger::Startup | Trigger::Nudge => Trigger::Fleet,
+                t => t,
+            };
+            return self.go_to(target, "fleet", trigger).await;
+        }
         let from_hub = match self.hub_desired().await {
             Ok(d) => d,
             Err(msg) => {
@@ -102,12 +124,14 @@ impl<E: Engine> Updater<E> {
     ) -> Result<CheckOutcome, UpdateError> {
         if self.state.current_digest.as_deref() == Some(target.as_str()) {
             debug!(source, digest = %target, "up to date");
+            self.leave_queue().await;
             self.last_error = self.state.gpu_hold.clone();
             self.settle()?;
             return Ok(CheckOutcome::UpToDate);
         }
         if self.state.is_bad(&target) {
             debug!(source, digest = %target, "target is marked bad; not trying it again");
+            self.leave_queue().await;
             self.settle()?;
             return Ok(CheckOutcome::SkippedBad(target));
         }
@@ -121,12 +145,14 @@ impl<E: Engine> Updater<E> {
                     r.until.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
                 );
                 debug!(source, reason = %why, "backing off");
+                self.leave_queue().await;
                 self.settle()?;
                 return Ok(CheckOutcome::Deferred(why));
             }
         }
         if source == "hub" || source == "nudge" {
             if let Some(later) = self.hub_swap_budget(&target) {
+                self.leave_queue().await;
                 self.settle()?;
                 return Ok(later);
             }
@@ -144,8 +170,12 @@ impl<E: Engine> Updater<E> {
             .hub
             .as_ref()
             .is_some_and(|h| h.settings().desired_from_hub);
-        let Some(digest) = nudge.digest.clone().filter(|_| decides) else {
-            if nudge.digest.is_some() {
+        // While the fleet group's rollout names the digest, a nudge is a check.
+        let rollout = self.fleet.desired().is_some();
+        let Some(digest) = nudge.digest.clone().filter(|_| decides && !rollout) else {
+            if nudge.digest.is_some() && rollout {
+                info!("a nudge names a digest, but the fleet group's rollout decides the digest: checking instead");
+            } else if nudge.digest.is_some() {
                 info!("a nudge names a digest, but the hub does not decide the digest (hub.desired_from_hub = false): checking the registry instead");
             }
             return self.check(Trigger::Nudge).await;

@@ -4,9 +4,11 @@
 //! [`View`] and sends [`Event`]s to its subscribers. The jobs live beside it,
 //! one file each: `target.rs` (which digest), `sequence.rs` (pull, drain,
 //! swap, commit), `verify.rs`, `rollback.rs`, `drain.rs`, `gpu_gate.rs`,
-//! `operator.rs` and `converge.rs` (recovery).
+//! `operator.rs`, `converge.rs` (recovery) and `spec_change.rs` (new worker
+//! settings in the config).
 //!
-//! Containers are told apart by their `gpu-agent.digest` label, not by their
+//! Containers are told apart by their `gpu-agent.digest` label (and, when
+//! only the settings change, their `gpu-agent.spec` label), not by their
 //! names, so every step can be re-run after a crash at any point. Names:
 //! the worker runs as `worker.name`; during an update the new container is
 //! created as `<name>-next` while the old one serves, and the old one waits as
@@ -25,7 +27,7 @@ use super::events::{Event, Subscriber, Subscribers};
 use super::journal::{HistoryEntry, Journal, Kind, Outcome, Pending, State, Trigger};
 use super::machine::{InvalidTransition, Machine, Phase};
 use super::outcome::UpdateError;
-use super::ports::{Clock, Hub, Ports, Probe, Registry, Trust};
+use super::ports::{Clock, Fleet, Hub, Ports, Probe, Registry, Trust};
 use super::status::View;
 use crate::config::{Settings, WorkerSettings};
 use crate::docker::{Engine, WorkerSpec};
@@ -60,6 +62,9 @@ pub struct Updater<E: Engine> {
     /// The hub, with `[hub]` in the config: desired digests, drain notices,
     /// the registration check, the in-flight count.
     pub(super) hub: Option<Arc<dyn Hub>>,
+    /// The fleet group (`[fleet]`): a slot before the old worker is
+    /// disrupted, the outcome after; alone, [`crate::fleet::LoneHost`].
+    pub(super) fleet: Arc<dyn Fleet>,
     pub(super) settings: Arc<Settings>,
     pub(super) worker: Arc<WorkerSettings>,
     pub(super) journal: Journal,
@@ -131,6 +136,7 @@ impl<E: Engine> Updater<E> {
             trust: ports.trust,
             actor: None,
             hub: None,
+            fleet: Arc::new(crate::fleet::LoneHost),
             worker: Arc::new(settings.worker.clone()),
             settings,
             journal,
@@ -161,13 +167,19 @@ impl<E: Engine> Updater<E> {
         self.hub = hub;
     }
 
+    /// The fleet group to take slots from and report to (`[fleet]`).
+    pub fn set_fleet(&mut self, fleet: Arc<dyn Fleet>) {
+        self.fleet = fleet;
+    }
+
     /// Adds a subscriber to the update's events (metrics, the hub's reports).
     pub fn subscribe(&mut self, s: Subscriber) {
         self.subscribers.add(s);
     }
 
     /// Takes a reloaded config: the registry policy applies from the next
-    /// check, the worker settings to the next container created.
+    /// check; the worker's container settings are rolled out by the next
+    /// check, or at once by [`Updater::apply_config`].
     pub fn reload(&mut self, settings: Arc<Settings>, ports: Ports) {
         self.gpu_unavailable = None;
         if !settings.gpu.check && self.gpu.take().is_some() {
@@ -484,6 +496,8 @@ impl<E: Engine> Updater<E> {
             user: None,
             marked_bad: None,
             gpu_hold: None,
+            changed: Vec::new(),
+            spec: None,
         });
     }
 
@@ -509,6 +523,8 @@ impl<E: Engine> Updater<E> {
                 user: None,
                 marked_bad: None,
                 gpu_hold: None,
+                changed: p.changed.clone(),
+                spec: p.to_spec.clone(),
             },
             Some(p.started_at),
         );

@@ -13,15 +13,19 @@
 //! `operator.rs`, `gpu.rs`, and `ports.rs` (the registry's tag and semver
 //! check, the hub's desired digest and nudges, the registration check, the
 //! hub's in-flight count as the drain), `outage.rs` (a full disk, rollbacks
-//! that blame nothing, failures of the host, a worker that refuses `DELETE`).
+//! that blame nothing, failures of the host, a worker that refuses `DELETE`),
+//! `dry_run.rs` (dry runs change nothing, and their verdicts hold).
 
 mod converge;
+mod dry_run;
 mod fakes;
+mod fleet;
 mod gpu;
 mod operator;
 mod outage;
 mod ports;
 mod sequence;
+mod spec_change;
 mod trust;
 
 use std::fmt::Write as _;
@@ -112,6 +116,9 @@ fn interrupted(from: &str, to: &str, step: Phase) -> State {
             error: (step == Phase::RollingBack).then(|| "the new worker exited with code 3".into()),
             kind: Kind::Update,
             pin: None,
+            to_spec: None,
+            from_spec: None,
+            changed: Vec::new(),
         }),
         ..committed(from)
     }
@@ -159,6 +166,8 @@ impl Harness {
         let settings = Arc::new(settings(dir.path(), extra));
         Journal::open(dir.path()).unwrap().save(&state).unwrap();
         let fake = FakeEngine::new(AGENT);
+        // Seeded containers carry the config's settings, as this version makes them.
+        fake.seed_spec(Some(crate::docker::SpecHash::of(&settings.worker)));
         let registry = Arc::new(FakeRegistry::default());
         let probe = Arc::new(FakeProbe::default());
         let hub = settings.hub.clone().map(|s| Arc::new(FakeHub::new(s)));
