@@ -1,29 +1,42 @@
-//! A simulated fleet of hosts against a real etcd: each host runs the real
-//! fleet gate (`EtcdGate`: lease, watches, slot queue, canaries, halts) with a
-//! fake engine whose swap takes `--swap`, and follows the group's rollouts as
-//! the agent does (desired digest → decide → swap → report outcome → release).
+//! A simulated fleet of hosts against a real etcd: each host runs the agent's
+//! real update core (`Updater`: check, pull, the fleet slot, drain, swap,
+//! verify, commit or roll back, the journal on disk) with the real fleet gate
+//! (`EtcdGate`: lease, watches, slot queue, canaries, halts), on a fake engine
+//! (`docker::fake`, feature `sim`) whose new worker must stay up for `--swap`
+//! (`worker.health.stable_for`) before it is verified; a bad digest's worker
+//! exits at start, so it is rolled back for real. Each host loops as the
+//! daemon does: a check, then a wait for the gate's `changed()`.
 //! Prints, for each `--max-unavailable`: time to roll the fleet, the most hosts
-//! ever unavailable at once, etcd requests per host per minute idle and during
-//! the rollout, time from `rollout start` to the first drain, and how many hosts
-//! a bad digest reached before the halt (with 1 canary, and with none).
+//! ever unavailable at once (draining, swapping, verifying or rolling back),
+//! etcd requests per host per minute idle and during the rollout, time from
+//! `rollout start` to the first drain, and how many hosts a bad digest reached
+//! before the halt (with 1 canary, and with none). A rollout that makes no
+//! progress for `--stall` is a failure: the waiting hosts' reasons are printed.
 //!
-//!     cargo run --release --example fleet_sim -- --etcd http://127.0.0.1:24791,... --hosts 1000
+//!     cargo run --release --features sim --example fleet_sim -- --etcd http://127.0.0.1:24791,... --hosts 1000
 //!
 //! scripts/bench-fleet.sh starts a 3-member etcd and runs it.
 
-use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use gpu_agent::docker::fake::{FakeEngine, OnStart};
 use gpu_agent::fleet::gate::GateOptions;
 use gpu_agent::fleet::keys::Keys;
-use gpu_agent::fleet::{
-    admin, Decision, Etcd, EtcdGate, EtcdOptions, FleetGate, HostReport, Outcome, Policy,
-    RolloutState,
+use gpu_agent::fleet::{admin, Etcd, EtcdGate, EtcdOptions, FleetGate, Policy, RolloutState};
+use gpu_agent::registry::{
+    EngineCredentials, ImageName, Policy as TagPolicy, RegistryError, Resolved,
 };
+use gpu_agent::update::ports::{Registry, SystemClock};
+use gpu_agent::update::{Event, Journal, Outcome as Ended, Phase, Ports, State, Trigger, Updater};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 struct Args {
@@ -35,7 +48,7 @@ struct Args {
     /// max_unavailable settings to run, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1%,5%,10%")]
     max_unavailable: Vec<String>,
-    /// How long a fake swap (drain, swap, verify) takes.
+    /// How long a new worker must stay up before it is verified (the swap's length).
     #[arg(long, default_value = "2s")]
     swap: humantime::Duration,
     /// The canaries' bake time in the good rollout.
@@ -50,12 +63,45 @@ struct Args {
     /// Host lease TTL (keep-alive every third of it).
     #[arg(long, default_value = "60s")]
     lease_ttl: humantime::Duration,
+    /// A rollout with no host finishing for this long has stalled (a failure).
+    #[arg(long, default_value = "120s")]
+    stall: humantime::Duration,
+    /// Where the hosts' state folders go (emptied first).
+    #[arg(long, default_value = "target/bench-fleet/hosts")]
+    state: PathBuf,
 }
 
+const REPO: &str = "sim.example/acme/worker";
 const GOOD0: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
 
 fn digest(n: u32) -> String {
     format!("sha256:{n:064x}")
+}
+
+/// The registry of every host: the tag names the first digest (a group's
+/// rollout names the others).
+struct SimRegistry;
+
+impl Registry for SimRegistry {
+    fn resolve<'a>(
+        &'a self,
+        _image: &'a ImageName,
+        _policy: &'a TagPolicy,
+    ) -> BoxFuture<'a, Result<Resolved, RegistryError>> {
+        async {
+            Ok(Resolved {
+                tag: "stable".into(),
+                digest: GOOD0.into(),
+            })
+        }
+        .boxed()
+    }
+    fn engine_credentials<'a>(
+        &'a self,
+        _image: &'a ImageName,
+    ) -> BoxFuture<'a, Result<Option<EngineCredentials>, RegistryError>> {
+        async { Ok(None) }.boxed()
+    }
 }
 
 /// What the whole simulated fleet shares: the measures.
@@ -64,86 +110,115 @@ struct Meter {
     unavailable: AtomicU32,
     max_unavailable: AtomicU32,
     first_drain: Mutex<Option<Instant>>,
+    /// (digest, host) of every rollback: the hosts a bad digest reached.
     reached: Mutex<BTreeSet<(String, u32)>>,
-    on: Mutex<std::collections::BTreeMap<u32, String>>,
+    /// The digest each host runs.
+    on: Mutex<BTreeMap<u32, String>>,
 }
 
 struct Host {
     id: u32,
-    gate: EtcdGate,
+    gate: Arc<EtcdGate>,
+    engine: FakeEngine,
     requests: Arc<AtomicU64>,
 }
 
-async fn run_host(
-    h: Arc<Host>,
-    meter: Arc<Meter>,
-    bad: Arc<Mutex<BTreeSet<String>>>,
-    swap: Duration,
-) {
-    let mut current = GOOD0.to_string();
-    let mut failed: BTreeSet<String> = BTreeSet::new();
-    h.gate
-        .report_host(HostReport {
-            digest: Some(current.clone()),
-            phase: "idle".into(),
-            gpu: "ok".into(),
-            last_event: None,
-        })
-        .await;
+fn host_config(dir: &Path, id: &str, worker: &str, swap: Duration) -> String {
+    format!(
+        r#"
+[agent]
+id = "{id}"
+state_dir = "{dir}"
+[docker]
+host = "unix:///nonexistent/docker.sock"
+[image]
+repository = "{REPO}"
+tag = "stable"
+poll_interval = "1h"
+[worker]
+name = "{worker}"
+gpus = "none"
+stop_timeout = "1s"
+[worker.health]
+timeout = "60s"
+stable_for = "{swap}ms"
+"#,
+        dir = dir.display(),
+        swap = swap.as_millis()
+    )
+}
+
+/// One host's agent: the real update core over a fake engine, following its
+/// group as the daemon does (a check, then a wait for the gate).
+async fn run_host(h: Arc<Host>, meter: Arc<Meter>, dir: PathBuf, swap: Duration) -> Result<()> {
+    let id = format!("host-{:04}", h.id);
+    let worker = format!("w-{:04}", h.id);
+    std::fs::create_dir_all(&dir)?;
+    let settings = gpu_agent::config::load_from_strs(&[(
+        dir.join("agent.toml"),
+        host_config(&dir, &id, &worker, swap),
+    )])?;
+    let mut state = State::default();
+    state.commit(GOOD0);
+    Journal::open(&dir)?.save(&state)?;
+    h.engine.add_image(&settings.image.name.pull_ref(GOOD0));
+    h.engine.add_container(&worker, GOOD0, true);
+    let ports = Ports {
+        registry: Arc::new(SimRegistry),
+        probe: Arc::new(gpu_agent::worker::WorkerClient::new()),
+        clock: Arc::new(SystemClock),
+        trust: None,
+    };
+    let mut up = Updater::new(
+        h.engine.clone(),
+        ports,
+        Arc::new(settings),
+        CancellationToken::new(),
+    )?;
+    up.set_fleet(h.gate.clone());
+    let disrupted = AtomicBool::new(false);
+    let (m, n) = (meter.clone(), h.id);
+    up.subscribe(Box::new(move |e| match e {
+        Event::Phase(p) => {
+            let down = matches!(
+                p,
+                Phase::Draining | Phase::Swapping | Phase::Verifying | Phase::RollingBack
+            );
+            if down && !disrupted.swap(true, Ordering::SeqCst) {
+                let mut f = m.first_drain.lock().unwrap();
+                if f.is_none() {
+                    *f = Some(Instant::now());
+                }
+                let now = m.unavailable.fetch_add(1, Ordering::SeqCst) + 1;
+                m.max_unavailable.fetch_max(now, Ordering::SeqCst);
+            } else if !down && disrupted.swap(false, Ordering::SeqCst) {
+                m.unavailable.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        Event::History { entry, .. } => {
+            let Some(to) = entry.to.clone() else { return };
+            match entry.outcome {
+                Ended::Success => {
+                    m.on.lock().unwrap().insert(n, to);
+                }
+                Ended::RolledBack => {
+                    m.reached.lock().unwrap().insert((to, n));
+                }
+                _ => {}
+            }
+        }
+        _ => {}
+    }));
+    meter.on.lock().unwrap().insert(h.id, GOOD0.into());
+    up.reconcile().await?;
     loop {
-        let want = h.gate.desired();
-        let todo = want.filter(|w| *w != current && !failed.contains(w));
-        let Some(want) = todo else {
-            h.gate.changed().await;
-            continue;
-        };
-        match h.gate.decide(&want).await {
-            Decision::Go { .. } => {
-                {
-                    let mut f = meter.first_drain.lock().unwrap();
-                    if f.is_none() {
-                        *f = Some(Instant::now());
-                    }
-                }
-                let n = meter.unavailable.fetch_add(1, Ordering::SeqCst) + 1;
-                meter.max_unavailable.fetch_max(n, Ordering::SeqCst);
-                meter.reached.lock().unwrap().insert((want.clone(), h.id));
-                tokio::time::sleep(swap).await;
-                let is_bad = bad.lock().unwrap().contains(&want);
-                meter.unavailable.fetch_sub(1, Ordering::SeqCst);
-                let outcome = if is_bad {
-                    failed.insert(want.clone());
-                    Outcome::RolledBack
-                } else {
-                    current = want.clone();
-                    meter.on.lock().unwrap().insert(h.id, want.clone());
-                    Outcome::Verified
-                };
-                h.gate
-                    .report_host(HostReport {
-                        digest: Some(current.clone()),
-                        phase: "idle".into(),
-                        gpu: "ok".into(),
-                        last_event: None,
-                    })
-                    .await;
-                let mut tries = 0;
-                while let Err(e) = h.gate.report_outcome(&want, outcome, "simulated").await {
-                    tries += 1;
-                    if tries > 20 {
-                        eprintln!("host {}: outcome not recorded: {e}", h.id);
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                while h.gate.release().await.is_err() {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-            Decision::Halted { .. } => {
-                failed.insert(want);
-            }
-            Decision::Wait { .. } => h.gate.changed().await,
+        if let Err(e) = up.check(Trigger::Poll).await {
+            eprintln!("{id}: check failed: {e}");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        tokio::select! {
+            _ = FleetGate::changed(&*h.gate) => {}
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
         }
     }
 }
@@ -193,9 +268,13 @@ async fn main() -> Result<()> {
         };
         admin::set_policy(&admin_etcd, &keys, &policy).await?;
         let meter = Arc::new(Meter::default());
-        let bad = Arc::new(Mutex::new(BTreeSet::new()));
         let mut hosts = Vec::new();
         let mut tasks = Vec::new();
+        let broken = Arc::new(AtomicU32::new(0));
+        // The agent takes absolute state folders only.
+        std::fs::create_dir_all(&a.state)?;
+        let base = a.state.canonicalize()?.join(&group);
+        let _ = std::fs::remove_dir_all(&base);
         for i in 0..a.hosts {
             let requests = Arc::new(AtomicU64::new(0));
             let etcd = pool[i as usize % pool.len()].with_counter(requests.clone());
@@ -203,16 +282,19 @@ async fn main() -> Result<()> {
             o.lease_ttl = *a.lease_ttl;
             let h = Arc::new(Host {
                 id: i,
-                gate: EtcdGate::start(etcd, o),
+                gate: Arc::new(EtcdGate::start(etcd, o)),
+                engine: FakeEngine::new(&format!("host-{i:04}")),
                 requests,
             });
             hosts.push(h.clone());
-            tasks.push(tokio::spawn(run_host(
-                h,
-                meter.clone(),
-                bad.clone(),
-                *a.swap,
-            )));
+            let (m, dir, swap) = (meter.clone(), base.join(format!("host-{i:04}")), *a.swap);
+            let failed = broken.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = run_host(h, m, dir, swap).await {
+                    eprintln!("host {i}: {e:#}");
+                    failed.fetch_add(1, Ordering::SeqCst);
+                }
+            }));
         }
         for h in &hosts {
             if !h.gate.connected(Duration::from_secs(120)).await {
@@ -221,6 +303,9 @@ async fn main() -> Result<()> {
         }
         // Let the joins settle, then measure an idle fleet.
         tokio::time::sleep(Duration::from_secs(3)).await;
+        if broken.load(Ordering::SeqCst) > 0 {
+            bail!("{} hosts did not start", broken.load(Ordering::SeqCst));
+        }
         let r0 = total(&hosts);
         let t0 = Instant::now();
         tokio::time::sleep(*a.idle).await;
@@ -233,6 +318,7 @@ async fn main() -> Result<()> {
         let r0 = total(&hosts);
         let start = Instant::now();
         admin::start_rollout(&admin_etcd, &keys, &good, "sim").await?;
+        let (mut last_done, mut progress) = (0u32, Instant::now());
         loop {
             let done = meter
                 .on
@@ -244,8 +330,16 @@ async fn main() -> Result<()> {
             if done == a.hosts {
                 break;
             }
-            if start.elapsed() > Duration::from_secs(3600) {
-                bail!("the rollout did not finish in an hour ({done} done)");
+            if done != last_done {
+                (last_done, progress) = (done, Instant::now());
+            }
+            if progress.elapsed() > *a.stall {
+                stalled(&hosts, &meter, &good);
+                bail!(
+                    "the rollout stalled: {done} of {} hosts on {good}, none finished for {}",
+                    a.hosts,
+                    a.stall
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -266,7 +360,9 @@ async fn main() -> Result<()> {
         for canary in [1, 0] {
             let badd = digest(next);
             next += 1;
-            bad.lock().unwrap().insert(badd.clone());
+            for h in &hosts {
+                h.engine.on_start(&badd, OnStart::Exits(3));
+            }
             admin::set_policy(
                 &admin_etcd,
                 &keys,
@@ -314,14 +410,23 @@ async fn main() -> Result<()> {
         if most > slots {
             bail!("{most} hosts were unavailable at once, over the cap of {slots}");
         }
-        for t in tasks {
+        for t in &tasks {
             t.abort();
         }
-        for h in hosts {
-            if let Ok(h) = Arc::try_unwrap(h) {
-                h.gate.kill().await;
+        for t in &tasks {
+            while !t.is_finished() {
+                tokio::task::yield_now().await;
             }
         }
+        for h in hosts {
+            if let Some(gate) = Arc::try_unwrap(h)
+                .ok()
+                .and_then(|h| Arc::try_unwrap(h.gate).ok())
+            {
+                gate.kill().await;
+            }
+        }
+        let _ = std::fs::remove_dir_all(&base);
         // Leave etcd tidy for the next group.
         admin_etcd
             .delete(
@@ -331,4 +436,25 @@ async fn main() -> Result<()> {
             .await?;
     }
     Ok(())
+}
+
+/// A stalled rollout: what the hosts not yet on `good` wait for.
+fn stalled(hosts: &[Arc<Host>], meter: &Meter, good: &str) {
+    let on = meter.on.lock().unwrap();
+    let behind: Vec<_> = hosts
+        .iter()
+        .filter(|h| on.get(&h.id).map(String::as_str) != Some(good))
+        .collect();
+    eprintln!("{} hosts not on {good}; the first 20:", behind.len());
+    for h in behind.iter().take(20) {
+        let v = FleetGate::view(&*h.gate);
+        eprintln!(
+            "  host-{:04}: on {} slot {:?} etcd {} waiting {}",
+            h.id,
+            on.get(&h.id).map(String::as_str).unwrap_or("-"),
+            v.slot,
+            if v.etcd_reachable { "up" } else { "down" },
+            v.waiting.as_deref().unwrap_or("-")
+        );
+    }
 }

@@ -13,7 +13,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use super::{Container, Engine, EngineError, HealthState, WorkerSpec};
+use super::{Container, Engine, EngineError, HealthState, SpecHash, WorkerSpec};
 use crate::registry::EngineCredentials;
 
 /// The [`Engine`] methods, as named in the call log and in failure rules.
@@ -87,6 +87,11 @@ struct Inner {
     images: BTreeSet<String>,
     image_env: HashMap<String, Vec<String>>,
     on_start: HashMap<String, OnStart>,
+    /// What a container whose environment has `KEY=value` does once started
+    /// (before its digest's behaviour).
+    on_start_env: Vec<(String, OnStart)>,
+    /// The spec labels seeded containers carry (`add_container`).
+    seed_spec: Option<SpecHash>,
     logs: HashMap<String, String>,
     rules: Vec<Rule>,
     hooks: Vec<(&'static str, Hook)>,
@@ -100,6 +105,9 @@ struct Entry {
     image: String,
     digest: Option<String>,
     agent: Option<String>,
+    spec: Option<SpecHash>,
+    /// `worker.env` as created (`KEY=value`).
+    env: Vec<String>,
     managed: bool,
     running: bool,
     exit_code: Option<i64>,
@@ -117,6 +125,7 @@ impl Entry {
             name: self.name.clone(),
             digest: self.digest.clone(),
             agent: self.agent.clone(),
+            spec: self.spec.clone(),
             running: self.running,
             restarting: false,
             status: match (self.running, self.exit_code) {
@@ -205,10 +214,13 @@ impl Inner {
 
     fn apply_start(&mut self, i: usize) {
         let digest = self.containers[i].digest.clone().unwrap_or_default();
-        let behaviour = self
-            .on_start
-            .get(&digest)
-            .copied()
+        let by_env = self
+            .on_start_env
+            .iter()
+            .find(|(kv, _)| self.containers[i].env.contains(kv))
+            .map(|(_, b)| *b);
+        let behaviour = by_env
+            .or_else(|| self.on_start.get(&digest).copied())
             .unwrap_or(OnStart::Runs(HealthState::None));
         let c = &mut self.containers[i];
         c.crash_loops = false;
@@ -303,11 +315,33 @@ impl FakeEngine {
     }
 
     /// Adds a container this agent manages, as the agent would have created
-    /// it (restart policy `unless-stopped`); returns its id. A running one
-    /// behaves as its digest's [`OnStart`] says.
+    /// it (restart policy `unless-stopped`, the spec labels of
+    /// [`FakeEngine::seed_spec`]); returns its id. A running one behaves as
+    /// its digest's [`OnStart`] says.
     pub fn add_container(&self, name: &str, digest: &str, running: bool) -> String {
         let agent = self.agent_id.clone();
         self.insert(name, Some(digest), Some(&agent), running)
+    }
+
+    /// The spec labels containers added by [`FakeEngine::add_container`]
+    /// carry (`None`: none, as a version before them created it).
+    pub fn seed_spec(&self, spec: Option<SpecHash>) {
+        self.lock().seed_spec = spec;
+    }
+
+    /// Sets the `worker.env` a seeded container was created with.
+    pub fn set_env(&self, id: &str, env: &[&str]) {
+        let mut s = self.lock();
+        let i = s.find(id).expect("a container");
+        s.containers[i].env = env.iter().map(|e| e.to_string()).collect();
+    }
+
+    /// A container whose `worker.env` has `key=value` does this once started
+    /// (whatever its digest does).
+    pub fn on_start_env(&self, key_value: &str, behaviour: OnStart) {
+        self.lock()
+            .on_start_env
+            .push((key_value.to_string(), behaviour));
     }
 
     /// Adds a container with the managed label but another agent's label
@@ -330,12 +364,15 @@ impl FakeEngine {
         );
         s.next_id += 1;
         let id = format!("c{}", s.next_id);
+        let spec = s.seed_spec.clone();
         s.containers.push(Entry {
             id: id.clone(),
             name: name.to_string(),
             image: format!("(seeded)@{}", digest.unwrap_or("-")),
             digest: digest.map(str::to_string),
             agent: agent.map(str::to_string),
+            spec,
+            env: Vec::new(),
             managed: true,
             running: false,
             exit_code: None,
@@ -449,6 +486,14 @@ impl FakeEngine {
         })
     }
 
+    /// The `worker.env` a container was created with (`KEY=value`).
+    pub fn env_of(&self, id_or_name: &str) -> Vec<String> {
+        let s = self.lock();
+        s.find(id_or_name)
+            .map(|i| s.containers[i].env.clone())
+            .unwrap_or_default()
+    }
+
     /// The images present.
     pub fn images(&self) -> BTreeSet<String> {
         self.lock().images.clone()
@@ -528,6 +573,13 @@ impl Engine for FakeEngine {
             image: spec.image_ref.clone(),
             digest: Some(spec.digest.clone()),
             agent: Some(spec.agent_id.clone()),
+            spec: Some(spec.spec_hash()),
+            env: spec
+                .worker
+                .env
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect(),
             managed: true,
             running: false,
             exit_code: None,

@@ -6,7 +6,7 @@
 //! module only carries out single engine calls.
 
 mod bollard_engine;
-#[cfg(test)]
+#[cfg(any(test, feature = "sim"))]
 pub mod fake;
 pub mod spec;
 
@@ -14,7 +14,7 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use bollard_engine::BollardEngine;
-pub use spec::WorkerSpec;
+pub use spec::{SpecHash, WorkerSpec};
 
 use crate::registry::EngineCredentials;
 
@@ -24,6 +24,11 @@ pub const LABEL_MANAGED: &str = "gpu-agent.managed";
 pub const LABEL_DIGEST: &str = "gpu-agent.digest";
 /// Label holding the agent id, so that agents sharing an engine (tests) keep apart.
 pub const LABEL_AGENT: &str = "gpu-agent.agent";
+/// Label holding the hash of the worker settings the container was made of
+/// (`sha256:…`, see [`SpecHash`]); absent on containers made by versions before it.
+pub const LABEL_SPEC: &str = "gpu-agent.spec";
+/// Label naming the keys [`LABEL_SPEC`] covers, each with a short hash (JSON).
+pub const LABEL_SPEC_KEYS: &str = "gpu-agent.spec.keys";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HealthState {
@@ -43,6 +48,9 @@ pub struct Container {
     pub digest: Option<String>,
     /// The `gpu-agent.agent` label: which agent manages it (`None`: no agent does).
     pub agent: Option<String>,
+    /// The worker settings it was made of (`gpu-agent.spec` labels; `None`:
+    /// made by a version before them).
+    pub spec: Option<SpecHash>,
     pub running: bool,
     pub restarting: bool,
     /// `created`, `running`, `exited`, ... as the engine says.
