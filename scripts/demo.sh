@@ -20,7 +20,17 @@
 #   4. the hub decides: it names v1 as this host's digest and nudges; the agent
 #      goes back to v1 although the tag says otherwise;
 #   5. prints the update history (history.jsonl) and what the hub heard, stops
-#      the agent and shows that the worker keeps running.
+#      the agent and shows that the worker keeps running;
+#   6. a fleet (docs/fleet.md): a 3-member etcd on loopback (scripts/etcd.sh) and
+#      three agents in one group, each with its own worker; `gpu-fleet policy
+#      set` (one slot, one canary, a 5 s bake);
+#   7. `gpu-fleet rollout start` of v2: the canary goes alone, bakes, then the
+#      other two go one at a time; `rollout status --wait` exits 0;
+#   8. a rollout of the broken worker: the canary alone tries it and rolls back,
+#      the group halts, the other two never drain; `rollout status --wait`
+#      exits 1; `gpu-fleet rollout abort`.
+#   `gpu-fleet rollout status`, `gpu-fleet hosts` and what a waiting agent's
+#   status says are shown along the way.
 # Every wait has a timeout; on failure the agent's log tail is printed. Exit 0
 # only if every step was seen.
 #
@@ -32,16 +42,21 @@
 #   RUST_LOG       passed to the agent when set
 #   GPU_AGENT_BIN  use this gpu-agent binary instead of building one
 #                  (default: a release build, target/release/gpu-agent)
-#   MOCK_HUB_BIN   likewise for the mock hub (default: target/release/mock-hub)
+#   MOCK_HUB_BIN   likewise for the mock hub (default: target/release/mock-hub);
+#                  agentctl and gpu-fleet are taken from beside GPU_AGENT_BIN
+#   DEMO_DIR       the demo's files (default: $STACK_DIR/demo)
+#   DEMO_FLEET_PORT  the fleet's workers listen on this + 1, 2, 3 (default: 18090)
+#   DEMO_ETCD_BASE   the etcd members' ports (scripts/etcd.sh; default: 24890)
 #
-# Files: $STACK_DIR/demo/{agent.toml,agent.log,state/,events/events.log}.
+# Files: $DEMO_DIR/{agent.toml,agent.log,state/,events/events.log}; the fleet's
+# under $DEMO_DIR/fleet/ (etcd/, hN/{agent.toml,agent.log,state/,events/}).
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_ROOT"
 
-DEMO="$STACK_DIR/demo"
+DEMO="${DEMO_DIR:-$STACK_DIR/demo}"
 PORT="${DEMO_PORT:-18080}"
 REPO="$REGISTRY_ADDR/demo/worker"
 CONFIG="$DEMO/agent.toml"
@@ -57,12 +72,28 @@ HUB_URL="http://127.0.0.1:$HUB_PORT"
 HUB_BIN="${MOCK_HUB_BIN:-$REPO_ROOT/target/release/mock-hub}"
 HUB_PID=
 AGENT_ID=demo-host
+BIN_DIR="$(dirname "$AGENT_BIN")"
+FLEET_BIN="$BIN_DIR/gpu-fleet"
+AGENTCTL_BIN="$BIN_DIR/agentctl"
+FLEET_DIR="$DEMO/fleet"
+FLEET_REPO="$REGISTRY_ADDR/demo/fleet-worker"
+FLEET_GROUP=demo-fleet
+FLEET_PORT="${DEMO_FLEET_PORT:-18090}"
+ETCD_DIR="$FLEET_DIR/etcd"
+ETCD_BASE="${DEMO_ETCD_BASE:-24890}"
+ETCD_ENDPOINTS=
+FLEET_PIDS=()
 
 # --- helpers -------------------------------------------------------------------
 
 agent_log_tail() {
-    printf -- '--- last lines of %s ---\n' "$AGENT_LOG" >&2
-    tail -n 40 "$AGENT_LOG" >&2 2>/dev/null || echo "(no log)" >&2
+    local log logs=("$AGENT_LOG")
+    # In the fleet part: the fleet agents' logs.
+    [ "${#FLEET_PIDS[@]}" -gt 0 ] && logs=("$FLEET_DIR"/h*/agent.log)
+    for log in "${logs[@]}"; do
+        printf -- '--- last lines of %s ---\n' "$log" >&2
+        tail -n 40 "$log" >&2 2>/dev/null || echo "(no log)" >&2
+    done
     printf -- '---\n' >&2
 }
 
@@ -95,18 +126,21 @@ worker_digest() { dk inspect -f '{{ index .Config.Labels "gpu-agent.digest" }}' 
 worker_digest_is() { [ "$(worker_digest 2>/dev/null)" = "$1" ]; }
 worker_id() { dk inspect -f '{{ .Id }}' "$WORKER"; }
 
-# push VARIANT: tags a worker image as $REPO:stable, pushes it, prints its digest.
-push_stable() {
+# push_tag VARIANT REPO TAG: tags a worker image as REPO:TAG, pushes it, prints its digest.
+push_tag() {
     local out digest
-    dk tag "gpu-agent-test/worker:$1" "$REPO:stable"
-    out="$(dk push "$REPO:stable" 2>&1)" || {
+    dk tag "gpu-agent-test/worker:$1" "$2:$3"
+    out="$(dk push "$2:$3" 2>&1)" || {
         echo "$out" >&2
-        fail "docker push $REPO:stable failed"
+        fail "docker push $2:$3 failed"
     }
     digest="$(sed -n 's/.*digest: \(sha256:[0-9a-f]\{64\}\).*/\1/p' <<<"$out" | tail -n 1)"
     [ -n "$digest" ] || fail "no digest in the push output: $out"
     echo "$digest"
 }
+
+# push_stable VARIANT: tags a worker image as $REPO:stable, pushes it, prints its digest.
+push_stable() { push_tag "$1" "$REPO" stable; }
 
 show_managed() {
     dk ps --filter label=gpu-agent.managed=true --filter "name=^$WORKER\$" --format \
@@ -230,10 +264,72 @@ stop_agent() {
     AGENT_PID=
 }
 
+# --- the fleet (sections 6 to 8) ---
+
+# fleet ARGS...: gpu-fleet against the demo's etcd and group.
+fleet() { "$FLEET_BIN" --etcd "$ETCD_ENDPOINTS" --group "$FLEET_GROUP" "$@"; }
+# fleet_hosts_on N DIGEST: gpu-fleet hosts lists N hosts that run DIGEST.
+fleet_hosts_on() { [ "$(fleet hosts --json | grep -oE "\"digest\": *\"$2\"" | wc -l)" = "$1" ]; }
+
+fleet_health() { curl -fsS --max-time 2 "http://127.0.0.1:$((FLEET_PORT + $1))/cgi-bin/health"; }
+fleet_version_is() { fleet_health "$1" | grep -qF "\"version\":\"$2\""; }
+all_fleet_on() {
+    local n
+    for n in 1 2 3; do fleet_version_is "$n" "$1" || return 1; done
+}
+
+# fleet_events SINCE_MS: the three workers' events in one timeline, seconds from SINCE_MS.
+fleet_events() {
+    local n
+    for n in 1 2 3; do
+        awk -v h="fleet-$n" -v since="$1" '$1 >= since { print $1, h, $2, $3 }' \
+            "$FLEET_DIR/h$n/events/events.log" 2>/dev/null
+    done | sort -n | awk -v since="$1" '{
+        printf "    %s  %+8.3fs  %-8s %-7s %s\n", strftime("%H:%M:%S", int($1 / 1000)), ($1 - since) / 1000, $2, $3, $4
+    }'
+}
+
+# first_event N SINCE_MS "VERSION EVENT": the time of host N's first such event (empty if none).
+first_event() {
+    awk -v since="$2" -v want="$3" '$1 >= since && ($2 " " $3) == want { print $1; exit }' \
+        "$FLEET_DIR/h$1/events/events.log" 2>/dev/null
+}
+
+# fleet_waiting N: why agent N waits, as `agentctl status --json` says (fleet.waiting).
+fleet_waiting() {
+    "$AGENTCTL_BIN" --socket "$FLEET_DIR/h$1/agent.sock" status --json 2>/dev/null |
+        sed -n 's/.*"waiting": *"\([^"]*\)".*/\1/p'
+}
+# fleet_status_line N: the fleet line of agent N's `agentctl status`.
+fleet_status_line() {
+    "$AGENTCTL_BIN" --socket "$FLEET_DIR/h$1/agent.sock" status 2>/dev/null | grep -E '^ *fleet' | sed 's/^ *//'
+}
+some_fleet_host_waits() {
+    local n
+    for n in 1 2 3; do [ -n "$(fleet_waiting "$n")" ] && return 0; done
+    return 1
+}
+no_fleet_host_waits() { ! some_fleet_host_waits; }
+fleet_host_waits_for() { fleet_waiting "$1" | grep -qF "$2"; }
+
+stop_fleet() {
+    local pid
+    for pid in "${FLEET_PIDS[@]}"; do
+        kill -0 "$pid" 2>/dev/null && stop_pid "$pid" gpu-agent 10
+        wait "$pid" 2>/dev/null || true
+    done
+    FLEET_PIDS=()
+    if [ -n "$ETCD_ENDPOINTS" ]; then
+        "$REPO_ROOT/scripts/etcd.sh" down "$ETCD_DIR" >/dev/null 2>&1 || true
+    fi
+    ETCD_ENDPOINTS=
+}
+
 # shellcheck disable=SC2317 # called through the trap
 on_exit() {
     local rc=$?
     stop_agent
+    stop_fleet
     stop_hub
     if [ "${KEEP_STACK:-0}" = 1 ]; then
         section "Stack kept running (KEEP_STACK=1)"
@@ -248,7 +344,7 @@ on_exit() {
 # --- setup ---------------------------------------------------------------------
 
 section "Prerequisites"
-ensure_packages docker.io docker-registry busybox-static curl
+ensure_packages docker.io docker-registry busybox-static curl etcd-server etcd-client
 [ -n "${GPU_AGENT_BIN:-}" ] || ensure_cargo
 
 section "Private Docker engine and registry (scripts/stack.sh up)"
@@ -266,6 +362,8 @@ else
     cargo build --release -p gpu-agent
 fi
 [ -x "$AGENT_BIN" ] || fail "no gpu-agent binary at $AGENT_BIN"
+[ -x "$FLEET_BIN" ] || fail "no gpu-fleet binary at $FLEET_BIN (built with gpu-agent)"
+[ -x "$AGENTCTL_BIN" ] || fail "no agentctl binary at $AGENTCTL_BIN (built with gpu-agent)"
 if [ -z "${MOCK_HUB_BIN:-}" ]; then
     section "Building the mock hub (cargo build --release -p hub-client --features mock --bin mock-hub)"
     cargo build --release -p hub-client --features mock --bin mock-hub
@@ -442,4 +540,159 @@ health_version_is v1 || fail "the worker stopped answering after the agent stopp
 show_managed
 note "health: $(health)"
 
-section "DEMO OK: deploy, a nudged update with drain and hub registration, rollback of a bad digest, the hub deciding the digest, agent stop without worker stop"
+# --- 6. a fleet ------------------------------------------------------------------
+
+section "6. A fleet: a 3-member etcd and three agents in group $FLEET_GROUP (docs/fleet.md)"
+for n in 1 2 3; do
+    if pid="$(pid_matches "$FLEET_DIR/h$n/agent.pid" "$FLEET_DIR/h$n/agent.toml")"; then
+        note "stopping fleet agent $n left by an earlier demo (pid $pid)"
+        stop_pid "$pid" gpu-agent 10
+    fi
+    dk rm -f "demo-fleet-worker-$n" >/dev/null 2>&1 || true
+done
+"$REPO_ROOT/scripts/etcd.sh" down "$ETCD_DIR" >/dev/null 2>&1 || true
+rm -rf "$FLEET_DIR"
+mkdir -p "$FLEET_DIR"
+note "scripts/etcd.sh up $ETCD_DIR $ETCD_BASE (logs: $ETCD_DIR/e*.log)"
+ETCD_ENDPOINTS="$("$REPO_ROOT/scripts/etcd.sh" up "$ETCD_DIR" "$ETCD_BASE" | tail -n 1)" ||
+    fail "etcd did not start (see $ETCD_DIR/e*.log)"
+note "etcd: $ETCD_ENDPOINTS"
+
+D_F1="$(push_tag v1 "$FLEET_REPO" stable)"
+D_F2="$(push_tag v2 "$FLEET_REPO" v2)"
+D_FBAD="$(push_tag broken "$FLEET_REPO" broken)"
+note "pushed $FLEET_REPO :stable (v1 = $D_F1), :v2 (v2 = $D_F2), :broken (broken = $D_FBAD)"
+
+note "\$ gpu-fleet --etcd $ETCD_ENDPOINTS --group $FLEET_GROUP policy set --max-unavailable 1 --canary 1 --bake 5s"
+fleet policy set --max-unavailable 1 --canary 1 --bake 5s | sed 's/^/    /' || fail "gpu-fleet policy set failed"
+
+for n in 1 2 3; do
+    h="$FLEET_DIR/h$n"
+    mkdir -p "$h/state" "$h/events"
+    cat >"$h/agent.toml" <<EOF
+[agent]
+id = "fleet-$n"
+state_dir = "$h/state"
+control_socket = "$h/agent.sock"
+
+[docker]
+host = "$DOCKER_URL"
+
+[image]
+repository = "$FLEET_REPO"
+tag = "stable"
+poll_interval = "1h"
+poll_jitter = "0s"
+insecure = true
+
+[worker]
+name = "demo-fleet-worker-$n"
+network = "host"
+env = { PORT = "$((FLEET_PORT + n))", EVENTS_FILE = "/events/events.log" }
+volumes = ["$h/events:/events"]
+gpus = "none"
+stop_timeout = "5s"
+
+[worker.health]
+http = "http://127.0.0.1:$((FLEET_PORT + n))/cgi-bin/health"
+timeout = "10s"
+stable_for = "2s"
+
+[worker.drain]
+http = "http://127.0.0.1:$((FLEET_PORT + n))/cgi-bin/drain"
+timeout = "30s"
+
+[fleet]
+etcd = [$(sed 's/[^,]*/"&"/g; s/,/, /g' <<<"$ETCD_ENDPOINTS")]
+group = "$FLEET_GROUP"
+EOF
+    "$AGENT_BIN" check-config --config "$h/agent.toml" >/dev/null || fail "gpu-agent check-config rejected $h/agent.toml"
+    "$AGENT_BIN" run --config "$h/agent.toml" >"$h/agent.log" 2>&1 &
+    FLEET_PIDS+=($!)
+    echo "$!" >"$h/agent.pid"
+done
+note "the [fleet] table of each agent (the rest as above, with its own worker, port and state):"
+sed -n '/^\[fleet\]/,$p' "$FLEET_DIR/h1/agent.toml" | sed 's/^/        /'
+note "the agents poll the registry once an hour: the group's changes reach them through etcd's watches"
+wait_until 90 "the three workers answer as v1" all_fleet_on v1
+note "\$ gpu-fleet hosts"
+wait_until 60 "gpu-fleet hosts lists the three on v1" fleet_hosts_on 3 "$D_F1"
+fleet hosts | sed 's/^/    /'
+
+# --- 7. a rollout ----------------------------------------------------------------
+
+section "7. gpu-fleet rollout start $FLEET_REPO:v2: one canary, a 5 s bake, then one host at a time"
+T7="$(now_ms)"
+fleet rollout start "$FLEET_REPO:v2" | sed 's/^/    /' || fail "gpu-fleet rollout start failed"
+fleet rollout status --json | grep -qF "\"digest\":\"$D_F2\"" ||
+    fail "the rollout does not name v2's digest $D_F2"
+note "(the tag was resolved once, by gpu-fleet: every host gets $D_F2)"
+wait_until 60 "an agent says why it waits" some_fleet_host_waits
+for n in 1 2 3; do
+    if [ -n "$(fleet_waiting "$n")" ]; then
+        note "fleet-$n \$ agentctl status   ->   $(fleet_status_line "$n")"
+    fi
+done
+note "\$ gpu-fleet rollout status --wait --timeout 5m   (a line each time it changes)"
+fleet rollout status --wait --timeout 5m | sed 's/^/    /' ||
+    fail "gpu-fleet rollout status --wait did not end complete"
+wait_until 30 "the three workers answer as v2" all_fleet_on v2
+note "worker events (seconds from the rollout's start):"
+fleet_events "$T7"
+# The canary: the first host to drain. Nobody else drained before its v2 started.
+canary=
+for n in 1 2 3; do
+    d="$(first_event "$n" "$T7" "v1 drain")"
+    [ -n "$d" ] || fail "fleet-$n never drained v1"
+    if [ -z "$canary" ] || [ "$d" -lt "$(first_event "$canary" "$T7" "v1 drain")" ]; then canary="$n"; fi
+done
+c_start="$(first_event "$canary" "$T7" "v2 start")"
+for n in 1 2 3; do
+    [ "$n" = "$canary" ] && continue
+    [ "$(first_event "$n" "$T7" "v1 drain")" -gt "$c_start" ] ||
+        fail "fleet-$n drained before the canary fleet-$canary ran v2"
+done
+note "seen: fleet-$canary went alone (the canary); the others drained only after it ran v2 and baked, one at a time"
+note "\$ gpu-fleet hosts"
+fleet hosts | sed 's/^/    /'
+
+# --- 8. a bad digest halts at the canary -------------------------------------------
+
+section "8. gpu-fleet rollout start $FLEET_REPO:broken: the canary alone tries it, the group halts"
+T8="$(now_ms)"
+fleet rollout start "$FLEET_REPO:broken" | sed 's/^/    /' || fail "gpu-fleet rollout start failed"
+note "\$ gpu-fleet rollout status --wait --timeout 5m   (exits 1 when the rollout halts)"
+fleet rollout status --wait --timeout 5m | sed 's/^/    /' && rc=0 || rc=$?
+[ "$rc" = 1 ] || fail "gpu-fleet rollout status --wait exited $rc, not 1, for the halted rollout"
+note "gpu-fleet rollout status --wait exited 1: halted"
+wait_until 60 "the three workers answer as v2" all_fleet_on v2
+note "worker events (seconds from the rollout's start):"
+fleet_events "$T8"
+tried=0
+for n in 1 2 3; do
+    if [ -n "$(first_event "$n" "$T8" "broken start")" ]; then
+        tried=$((tried + 1))
+        bad_canary="$n"
+    elif [ -n "$(first_event "$n" "$T8" "v2 drain")" ]; then
+        fail "fleet-$n drained although the rollout halted at the canary"
+    fi
+done
+[ "$tried" = 1 ] || fail "$tried hosts tried the broken digest (expected the canary alone)"
+note "seen: fleet-$bad_canary (the canary) tried it and rolled back to v2; the other two never drained"
+for n in 1 2 3; do
+    [ "$n" = "$bad_canary" ] && continue
+    wait_until 30 "fleet-$n says it waits on the halt" fleet_host_waits_for "$n" halted
+    note "fleet-$n \$ agentctl status   ->   $(fleet_status_line "$n")"
+done
+note "\$ gpu-fleet rollout status"
+fleet rollout status | sed 's/^/    /' || true
+note "\$ gpu-fleet hosts"
+fleet hosts | sed 's/^/    /'
+note "\$ gpu-fleet rollout abort   (every host that moved goes back to v2; none is left on broken)"
+fleet rollout abort | sed 's/^/    /' || fail "gpu-fleet rollout abort failed"
+wait_until 30 "no agent waits any more" no_fleet_host_waits
+all_fleet_on v2 || fail "a fleet worker left v2 after the abort"
+stop_fleet
+note "fleet agents and etcd stopped"
+
+section "DEMO OK: deploy, a nudged update with drain and hub registration, rollback of a bad digest, the hub deciding the digest, agent stop without worker stop, a fleet rollout through a canary, a bad digest halted at the canary"

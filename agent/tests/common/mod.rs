@@ -117,6 +117,18 @@ impl Registry {
         }
     }
 
+    /// Another handle on this registry, for several agents that pull from one
+    /// registry (`Setup::with_registry`): it does not own the process (dropping
+    /// it stops nothing), and its `dir` is an empty folder of its own.
+    pub fn shared(&self) -> Registry {
+        Registry {
+            port: self.port,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+            extra: self.extra.clone(),
+        }
+    }
+
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
