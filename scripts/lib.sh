@@ -88,7 +88,10 @@ ensure_packages() {
 }
 
 # ensure_cargo: cargo is assumed present; say how to get it when it is not.
+# The build's own needs come with it: etcd-client's build script runs protoc,
+# which needs Google's .proto files (Debian: protobuf-compiler, libprotobuf-dev).
 ensure_cargo() {
+    ensure_packages protobuf-compiler libprotobuf-dev
     if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
         PATH="$HOME/.cargo/bin:$PATH"
     fi

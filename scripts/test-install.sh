@@ -259,11 +259,12 @@ if out="$(in_ct dpkg -i "/debs/$DEB1" 2>&1)"; then
     done
     # The config may hold secrets: root's alone to read and write, group read.
     conf="$(in_ct stat -c '%a %U:%G' /etc/gpu-agent/agent.toml 2>&1 || true)"
+    dropins="$(in_ct stat -c '%F %a' /etc/gpu-agent/agent.d 2>&1 || true)"
     if [ "$enabled" = enabled ] && [ "$active" = inactive ] && [ -n "$group" ] && [ -z "$missing" ] &&
-        [ "$conf" = "640 root:root" ]; then
-        pass "dpkg -i $DEB1: unit enabled, not started; group gpu-agent exists; rules, dashboard, man pages, completions installed; agent.toml $conf"
+        [ "$conf" = "640 root:root" ] && [ "$dropins" = "directory 755" ]; then
+        pass "dpkg -i $DEB1: unit enabled, not started; group gpu-agent exists; rules, dashboard, man pages, completions installed; agent.toml $conf; agent.d/ $dropins"
     else
-        fail "dpkg -i $DEB1: is-enabled=$enabled is-active=$active group='$group' missing:${missing:- none} agent.toml='$conf'"
+        fail "dpkg -i $DEB1: is-enabled=$enabled is-active=$active group='$group' missing:${missing:- none} agent.toml='$conf' agent.d='$dropins'"
     fi
 else
     fail "dpkg -i $DEB1"

@@ -62,7 +62,7 @@ on_exit() {
 }
 
 section "Prerequisites"
-ensure_packages docker.io docker-registry busybox-static apache2-utils curl gcc libc6-dev debootstrap jq prometheus etcd-server etcd-client protobuf-compiler
+ensure_packages docker.io docker-registry busybox-static apache2-utils curl gcc libc6-dev debootstrap jq prometheus etcd-server etcd-client protobuf-compiler libprotobuf-dev
 ensure_cargo
 note "$(cargo --version)"
 

@@ -381,6 +381,7 @@ mod tests {
             name: "w".into(),
             digest: Some("sha256:a".into()),
             agent: Some("a".into()),
+            spec: None,
             running: true,
             restarting: false,
             status: "running".into(),

@@ -424,6 +424,7 @@ impl Hub {
                         s.events_error = None;
                         s.last_contact = Some(now_rfc3339());
                     }
+                    crate::metrics::global().set_hub_stream_up(true);
                     info!(
                         resume_after = last_id.as_deref().unwrap_or("-"),
                         "hub event stream open"
@@ -468,6 +469,7 @@ impl Hub {
                 s.events = "disconnected".into();
                 s.events_error = Some(why);
             }
+            crate::metrics::global().set_hub_stream_up(false);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.cancelled() => return,

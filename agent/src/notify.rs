@@ -344,6 +344,9 @@ fn summary(source: &Source, e: &HistoryEntry) -> String {
         outcome_words(e.outcome),
         label(&e.trigger),
     );
+    if !e.changed.is_empty() {
+        s.push_str(&format!(" (changed {})", e.changed.join(", ")));
+    }
     if let Some(err) = &e.error {
         s.push_str(": ");
         s.push_str(err);
@@ -410,6 +413,8 @@ mod tests {
             user: None,
             marked_bad: None,
             gpu_hold: None,
+            changed: Vec::new(),
+            spec: None,
         }
     }
 

@@ -79,6 +79,7 @@ async fn once(point: &str, rep: usize) {
     agent.wait_log(&format!("failpoint reached: {point}")).await;
     agent.kill9();
     let killed = Instant::now();
+    let killed_log = agent.log();
 
     // The journal on disk at the kill parses and names the update (or, after
     // the commit was saved, its result).
@@ -143,7 +144,7 @@ async fn once(point: &str, rep: usize) {
     }
     assert_eq!(
         gaps.most_running, 1,
-        "two managed workers ran at once: {gaps:?}"
+        "two managed workers ran at once: {gaps:?}\n--- killed agent:\n{killed_log}\n--- restarted agent:\n{}\n--- events:\n{:#?}", agent.log(), s.events()
     );
     assert!(
         gaps.longest_none < MAX_GAP,

@@ -313,14 +313,43 @@ async fn a_worker_that_does_not_register_is_rolled_back_and_marked_bad() {
     assert_eq!(h.hub.drains(h.id()).last().map(|d| d.draining), Some(false));
 }
 
+/// Waits until the agent's /metrics says `gpu_agent_hub_stream_up {want}`.
+async fn wait_stream_gauge(port: u16, want: u8, agent: &Agent) {
+    let line = format!("gpu_agent_hub_stream_up {want}");
+    let seen = wait_for(WAIT, || async {
+        let out = std::process::Command::new("curl")
+            .args(["-sf", "--max-time", "5"])
+            .arg(format!("http://127.0.0.1:{port}/metrics"))
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l == line)
+            .then_some(())
+    })
+    .await;
+    assert!(
+        seen.is_some(),
+        "the metrics never said {line}\n{}",
+        agent.log()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_event_stream_comes_back_after_a_hub_restart_and_gets_the_nudges_it_missed() {
     let h = Hubbed::new("hub-restart").await;
     let s = &h.s;
     let v1 = s.push("v1", "stable");
-    let agent = s.start_agent(&h.config("tag = \"stable\"", "", "", ""));
+    let port = free_port();
+    let cfg = h.config("tag = \"stable\"", "", "", "").replace(
+        "[agent]\n",
+        &format!("[agent]\nmetrics_listen = \"127.0.0.1:{port}\"\n"),
+    );
+    let agent = s.start_agent(&cfg);
     s.wait_history(&v1, "success", &agent).await;
     h.wait_stream(&agent, 1).await;
+    // The metrics follow the stream: up now, down while the hub is away.
+    wait_stream_gauge(port, 1, &agent).await;
     // One nudge seen on the first connection (nothing to do), so the agent has an id.
     let first = h.nudge(None);
     agent.wait_log("nudge from the hub").await;
@@ -336,6 +365,7 @@ async fn the_event_stream_comes_back_after_a_hub_restart_and_gets_the_nudges_it_
     .await
     .unwrap();
     assert!(st["hub"]["events_error"].is_string(), "{st:#}");
+    wait_stream_gauge(port, 0, &agent).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         s.running().await.unwrap().digest.as_deref(),
@@ -344,6 +374,7 @@ async fn the_event_stream_comes_back_after_a_hub_restart_and_gets_the_nudges_it_
 
     h.hub.restart().await.unwrap();
     h.wait_stream(&agent, 2).await;
+    wait_stream_gauge(port, 1, &agent).await;
     let e = s.wait_history(&v2, "success", &agent).await;
     assert_eq!(e["trigger"], "nudge");
     // The reconnect resumed after the last id it had seen.

@@ -163,6 +163,8 @@ fn agent_text() -> String {
             user: None,
             marked_bad: None,
             gpu_hold: None,
+            changed: Vec::new(),
+            spec: None,
         },
         Some(now - time::Duration::seconds(3)),
     );

@@ -84,6 +84,8 @@ fn entry(outcome: Outcome, error: Option<&str>) -> HistoryEntry {
         user: None,
         marked_bad: None,
         gpu_hold: None,
+        changed: Vec::new(),
+        spec: None,
     }
 }
 

@@ -205,6 +205,7 @@ fn to_container(r: bollard::models::ContainerInspectResponse) -> Container {
             .to_string(),
         digest: labels.get(LABEL_DIGEST).cloned(),
         agent: labels.get(LABEL_AGENT).cloned(),
+        spec: super::SpecHash::from_labels(&labels),
         running: state.running.unwrap_or(false),
         restarting: state.restarting.unwrap_or(false),
         status: state.status.map(|s| s.to_string()).unwrap_or_default(),

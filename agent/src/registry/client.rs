@@ -525,6 +525,36 @@ mod tests {
         send(client.engine_credentials(&image));
     }
 
+    /// A registry without TLS asked over https: the error says what to do.
+    #[tokio::test]
+    async fn a_plain_http_registry_asked_over_https_says_to_set_insecure() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            }
+        });
+        crate::init_tls();
+        let client = RegistryClient::new(ClientOptions {
+            retries: 0,
+            ..ClientOptions::default()
+        })
+        .unwrap();
+        let image = ImageName::parse(&format!("127.0.0.1:{port}/acme/worker")).unwrap();
+        let err = client
+            .resolve(&image, &Policy::Tag("stable".into()))
+            .await
+            .unwrap_err();
+        let text = crate::error_chain(&err);
+        assert!(text.contains("image.insecure = true"), "{text}");
+    }
+
     #[test]
     fn tags_are_checked_before_they_reach_a_url() {
         for good in ["latest", "v1.2.3", "2.4", "a_b-c.d", "_x", &"a".repeat(128)] {

@@ -26,7 +26,7 @@ pub enum RegistryError {
         source: reqwest::Error,
     },
 
-    #[error("request to {url} failed")]
+    #[error("request to {url} failed{}", plain_http_hint(.source))]
     Network {
         url: String,
         #[source]
@@ -116,6 +116,21 @@ impl RegistryError {
 /// 429 Too Many Requests and every 5xx.
 pub(super) fn is_retryable_status(status: u16) -> bool {
     status == 429 || (500..=599).contains(&status)
+}
+
+/// A TLS handshake answered in plain HTTP (rustls: "received corrupt message
+/// of type InvalidContentType") is a registry without TLS: say what to do.
+fn plain_http_hint(source: &reqwest::Error) -> &'static str {
+    let mut e: Option<&(dyn std::error::Error + 'static)> = Some(source);
+    while let Some(err) = e {
+        let text = err.to_string();
+        if text.contains("InvalidContentType") || text.contains("corrupt message") {
+            return " (the registry answered the TLS handshake in plain http: if it has no TLS, \
+                    use an http:// repository with image.insecure = true, on a network you trust)";
+        }
+        e = err.source();
+    }
+    ""
 }
 
 fn detail_suffix(detail: &str) -> String {
