@@ -17,177 +17,15 @@
 
 mod common;
 mod common_etcd;
-
-use std::collections::BTreeMap;
+mod common_fleet;
 
 use common::*;
 use common_etcd::EtcdCluster;
+use common_fleet::*;
 use serde_json::Value;
 
 const HOSTS: usize = 8;
 const GROUP: &str = "fleet-agents";
-
-/// `gpu-fleet --etcd … --group GROUP args`: exit code and output.
-async fn fleet(c: &EtcdCluster, args: &[&str]) -> (i32, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_gpu-fleet"))
-        .arg("--etcd")
-        .arg(c.endpoints().join(","))
-        .args(["--group", GROUP])
-        .args(args)
-        .output()
-        .await
-        .expect("running gpu-fleet");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
-}
-
-async fn fleet_ok(c: &EtcdCluster, args: &[&str]) -> String {
-    let (code, text) = fleet(c, args).await;
-    assert_eq!(code, 0, "gpu-fleet {args:?}: {text}");
-    text
-}
-
-/// `gpu-fleet args --json`, which must exit `code`.
-async fn fleet_json_exit(c: &EtcdCluster, args: &[&str], code: i32) -> Value {
-    let mut all = args.to_vec();
-    all.push("--json");
-    let (got, text) = fleet(c, &all).await;
-    assert_eq!(got, code, "gpu-fleet {all:?}: {text}");
-    serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("gpu-fleet {args:?} --json ({e}): {text}"))
-}
-
-async fn fleet_json(c: &EtcdCluster, args: &[&str]) -> Value {
-    fleet_json_exit(c, args, 0).await
-}
-
-/// One host: its setup (worker name, port, state folder) and its agent.
-struct Host {
-    s: Setup,
-    agent: Agent,
-}
-
-impl Host {
-    fn id(&self) -> &str {
-        &self.s.agent_id
-    }
-
-    /// Milliseconds of the worker's `drain` events at or after `since`.
-    fn drains_since(&self, since: u64) -> Vec<u64> {
-        self.s
-            .events()
-            .into_iter()
-            .filter(|(t, _, e)| *t >= since && e == "drain")
-            .map(|(t, _, _)| t)
-            .collect()
-    }
-
-    /// The history's update entries that ended (any outcome), with their time in ms.
-    fn ends(&self) -> Vec<(u64, Value)> {
-        self.s
-            .history()
-            .into_iter()
-            .filter(|e| e["kind"] == "update")
-            .map(|e| (ms(&e["at"]), e))
-            .collect()
-    }
-
-    /// The updates since `since`: from each drain to the history line that ended it.
-    fn windows_since(&self, since: u64) -> Vec<(u64, u64)> {
-        let ends = self.ends();
-        self.drains_since(since)
-            .into_iter()
-            .map(|d| {
-                let end = ends
-                    .iter()
-                    .map(|(t, _)| *t)
-                    .find(|t| *t >= d)
-                    .unwrap_or_else(|| {
-                        panic!(
-                            "{}: a drain at {d} with no history line after it: {:#?}\n{}",
-                            self.id(),
-                            self.s.history(),
-                            self.agent.log()
-                        )
-                    });
-                (d, end)
-            })
-            .collect()
-    }
-
-    async fn status(&self) -> Value {
-        status(&self.s).await
-    }
-
-    async fn container_id(&self) -> String {
-        self.s.running().await.expect("a worker runs").id
-    }
-}
-
-/// RFC 3339 → unix milliseconds.
-fn ms(v: &Value) -> u64 {
-    let t = time::OffsetDateTime::parse(
-        v.as_str().expect("a time"),
-        &time::format_description::well_known::Rfc3339,
-    )
-    .expect("an RFC 3339 time");
-    (t.unix_timestamp_nanos() / 1_000_000) as u64
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-/// The most windows open at one moment (an end and a start in the same
-/// millisecond do not overlap: the next host drains only after the last one
-/// gave its slot back).
-fn most_at_once(windows: &[(u64, u64)]) -> usize {
-    let mut edges: Vec<(u64, i32)> = windows
-        .iter()
-        .flat_map(|&(s, e)| [(s, 1), (e, -1)])
-        .collect();
-    edges.sort();
-    let (mut n, mut most) = (0i32, 0i32);
-    for (_, d) in edges {
-        n += d;
-        most = most.max(n);
-    }
-    most as usize
-}
-
-/// Every host's windows since `since`, by host.
-fn all_windows(hosts: &[Host], since: u64) -> BTreeMap<String, Vec<(u64, u64)>> {
-    hosts
-        .iter()
-        .map(|h| (h.id().to_string(), h.windows_since(since)))
-        .collect()
-}
-
-/// Waits until every agent's `fleet` status object passes `ok`.
-async fn wait_fleet_status(hosts: &[Host], what: &str, ok: impl Fn(&Value) -> bool) {
-    for h in hosts {
-        let seen = wait_for(WAIT, || async {
-            let st = h.status().await;
-            ok(&st["fleet"]).then_some(())
-        })
-        .await;
-        if seen.is_none() {
-            panic!(
-                "{}: fleet status never {what}: {}\n{}",
-                h.id(),
-                h.status().await,
-                h.agent.log()
-            );
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn eight_agents_roll_out_within_max_unavailable_abort_and_halt_at_the_canary() {
@@ -237,12 +75,13 @@ async fn eight_agents_roll_out_within_max_unavailable_abort_and_halt_at_the_cana
     for h in &hosts {
         h.s.assert_converged(&v1, "v1", &h.agent).await;
     }
-    let listed = fleet_json(&etcd, &["hosts"]).await;
+    let listed = fleet_json(&etcd, GROUP, &["hosts"]).await;
     assert_eq!(listed["hosts"].as_array().unwrap().len(), HOSTS, "{listed}");
 
     // 1. v2, one canary, then two at a time.
     fleet_ok(
         &etcd,
+        GROUP,
         &[
             "policy",
             "set",
@@ -256,8 +95,13 @@ async fn eight_agents_roll_out_within_max_unavailable_abort_and_halt_at_the_cana
     )
     .await;
     let since = now_ms();
-    fleet_ok(&etcd, &["rollout", "start", &v2]).await;
-    let (code, text) = fleet(&etcd, &["rollout", "status", "--wait", "--timeout", "4m"]).await;
+    fleet_ok(&etcd, GROUP, &["rollout", "start", &v2]).await;
+    let (code, text) = fleet(
+        &etcd,
+        GROUP,
+        &["rollout", "status", "--wait", "--timeout", "4m"],
+    )
+    .await;
     assert_eq!(code, 0, "rollout status --wait: {text}");
     for h in &hosts {
         h.s.assert_converged(&v2, "v2", &h.agent).await;
@@ -281,12 +125,14 @@ async fn eight_agents_roll_out_within_max_unavailable_abort_and_halt_at_the_cana
             "{w:?} began before the canary {canary:?} ended"
         );
     }
-    let st = fleet_json(&etcd, &["rollout", "status"]).await;
+    let st = fleet_json(&etcd, GROUP, &["rollout", "status"]).await;
     assert_eq!(st["rollout"]["state"], "complete", "{st}");
     assert_eq!(st["done"], HOSTS, "{st}");
-    wait_fleet_status(&hosts, "settled on the complete rollout", |f| {
-        f["rollout_state"] == "complete" && f["desired"] == v2 && f["slot"].is_null()
-    })
+    wait_fleet_status(
+        &hosts.iter().collect::<Vec<_>>(),
+        "settled on the complete rollout",
+        |f| f["rollout_state"] == "complete" && f["desired"] == v2 && f["slot"].is_null(),
+    )
     .await;
 
     // 2. An abort while hosts wait in the slot queue: v3 one at a time, and
@@ -295,6 +141,7 @@ async fn eight_agents_roll_out_within_max_unavailable_abort_and_halt_at_the_cana
     let since = now_ms();
     fleet_ok(
         &etcd,
+        GROUP,
         &[
             "rollout",
             "start",
@@ -307,7 +154,7 @@ async fn eight_agents_roll_out_within_max_unavailable_abort_and_halt_at_the_cana
     )
     .await;
     let queued = wait_for(WAIT, || async {
-        let l = fleet_json(&etcd, &["hosts"]).await;
+        let l = fleet_json(&etcd, GROUP, &["hosts"]).await;
         let slots: Vec<&str> = l["hosts"]
             .as_array()
             .unwrap()
@@ -318,8 +165,13 @@ async fn eight_agents_roll_out_within_max_unavailable_abort_and_halt_at_the_cana
     })
     .await
     .expect("one host holding the slot for v3 and others queued");
-    fleet_ok(&etcd, &["rollout", "abort"]).await;
-    let (code, text) = fleet(&etcd, &["rollout", "status", "--wait", "--timeout", "1m"]).await;
+    fleet_ok(&etcd, GROUP, &["rollout", "abort"]).await;
+    let (code, text) = fleet(
+        &etcd,
+        GROUP,
+        &["rollout", "status", "--wait", "--timeout", "1m"],
+    )
+    .await;
     assert_eq!(code, 1, "rollout status --wait after an abort: {text}");
     for h in &hosts {
         h.s.assert_converged(&v2, "v2", &h.agent).await;
@@ -352,14 +204,18 @@ async fn eight_agents_roll_out_within_max_unavailable_abort_and_halt_at_the_cana
     );
     assert!(most_at_once(&flat) <= 1, "max_unavailable 1: {windows:?}");
     // No host is left waiting, nor in the queue.
-    wait_fleet_status(&hosts, "back on v2 with nothing to wait for", |f| {
-        f["rollout_state"] == "aborted"
-            && f["desired"] == v2
-            && f["slot"].is_null()
-            && f["waiting"].is_null()
-    })
+    wait_fleet_status(
+        &hosts.iter().collect::<Vec<_>>(),
+        "back on v2 with nothing to wait for",
+        |f| {
+            f["rollout_state"] == "aborted"
+                && f["desired"] == v2
+                && f["slot"].is_null()
+                && f["waiting"].is_null()
+        },
+    )
     .await;
-    let l = fleet_json(&etcd, &["hosts"]).await;
+    let l = fleet_json(&etcd, GROUP, &["hosts"]).await;
     assert!(
         l["hosts"]
             .as_array()
@@ -381,6 +237,7 @@ async fn eight_agents_roll_out_within_max_unavailable_abort_and_halt_at_the_cana
     let since = now_ms();
     fleet_ok(
         &etcd,
+        GROUP,
         &[
             "rollout",
             "start",
@@ -394,10 +251,15 @@ async fn eight_agents_roll_out_within_max_unavailable_abort_and_halt_at_the_cana
         ],
     )
     .await;
-    let (code, text) = fleet(&etcd, &["rollout", "status", "--wait", "--timeout", "4m"]).await;
+    let (code, text) = fleet(
+        &etcd,
+        GROUP,
+        &["rollout", "status", "--wait", "--timeout", "4m"],
+    )
+    .await;
     assert_eq!(code, 1, "rollout status --wait of a halted rollout: {text}");
     // Without --wait, status of a halted rollout exits 1 too.
-    let st = fleet_json_exit(&etcd, &["rollout", "status"], 1).await;
+    let st = fleet_json_exit(&etcd, GROUP, &["rollout", "status"], 1).await;
     assert_eq!(st["rollout"]["state"], "halted", "{st}");
     assert_eq!(st["failed"], 1, "{st}");
     let tried: Vec<&Host> = hosts
@@ -440,16 +302,18 @@ async fn eight_agents_roll_out_within_max_unavailable_abort_and_halt_at_the_cana
         .await;
         assert!(seen.is_some(), "{}: {}", h.id(), h.status().await);
     }
-    fleet_ok(&etcd, &["hosts"]).await;
+    fleet_ok(&etcd, GROUP, &["hosts"]).await;
 
     // Abort: every host stays on v2, and nobody waits any more; resume of an
     // aborted rollout is refused (4).
-    fleet_ok(&etcd, &["rollout", "abort"]).await;
-    wait_fleet_status(&hosts, "on v2 after the abort", |f| {
-        f["rollout_state"] == "aborted" && f["desired"] == v2 && f["waiting"].is_null()
-    })
+    fleet_ok(&etcd, GROUP, &["rollout", "abort"]).await;
+    wait_fleet_status(
+        &hosts.iter().collect::<Vec<_>>(),
+        "on v2 after the abort",
+        |f| f["rollout_state"] == "aborted" && f["desired"] == v2 && f["waiting"].is_null(),
+    )
     .await;
-    let (code, text) = fleet(&etcd, &["rollout", "resume"]).await;
+    let (code, text) = fleet(&etcd, GROUP, &["rollout", "resume"]).await;
     assert_eq!(code, 4, "resume after an abort: {text}");
     for (h, id) in hosts.iter().zip(&before) {
         h.s.assert_converged(&v2, "v2", &h.agent).await;
