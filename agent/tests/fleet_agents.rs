@@ -262,6 +262,11 @@ async fn eight_agents_roll_out_within_max_unavailable_abort_and_halt_at_the_cana
     let st = fleet_json_exit(&etcd, GROUP, &["rollout", "status"], 1).await;
     assert_eq!(st["rollout"]["state"], "halted", "{st}");
     assert_eq!(st["failed"], 1, "{st}");
+    assert_eq!(
+        st["waiting"],
+        HOSTS - 1,
+        "the canary failed, the others wait: {st}"
+    );
     let tried: Vec<&Host> = hosts
         .iter()
         .filter(|h| h.s.history().iter().any(|e| e["to"] == bad))

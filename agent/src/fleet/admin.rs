@@ -3,15 +3,15 @@
 //! the rollout record is a transaction on its mod revision, so two writers
 //! never lose each other's change.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 use serde::Serialize;
 
 use super::keys::Keys;
 use super::records::{
-    decode, encode, now, HaltRecord, HostRecord, OutcomeCounts, OutcomeRecord, RolloutRecord,
-    RolloutState, SlotState,
+    decode, encode, now, HaltRecord, HostRecord, OutcomeCounts, OutcomeKind, OutcomeRecord,
+    RolloutRecord, RolloutState, SlotState,
 };
 use super::{semaphore, Etcd, FleetError, Policy};
 
@@ -376,20 +376,30 @@ pub async fn status(etcd: &Etcd, keys: &Keys, group: &str) -> Result<RolloutStat
     let policy = get_policy(etcd, keys).await?;
     let hosts = hosts(etcd, keys).await?;
     let slots = semaphore::entries(etcd, keys).await?;
-    let in_progress = slots
+    let holding: BTreeSet<&str> = slots
         .iter()
         .filter(|e| e.record.state == SlotState::Holding)
-        .count() as u32;
+        .map(|e| e.record.host.as_str())
+        .collect();
+    let in_progress = holding.len() as u32;
     let (mut done, mut failed, mut host_faults, mut halted) = (0, 0, 0, None);
+    let mut waiting = count_waiting(&hosts, None, &holding, &BTreeSet::new());
     if let Some(r) = &rollout {
         let target = r.desired().unwrap_or(&r.digest);
         done = hosts
             .iter()
             .filter(|h| h.digest.as_deref() == Some(target))
             .count() as u32;
-        let c = outcome_counts(etcd, keys, &r.digest).await?;
+        let all = outcomes(etcd, keys, &r.digest).await?;
+        let c = count_outcomes(all.values());
         failed = c.rolled_back;
         host_faults = c.host_fault;
+        let tried_and_failed: BTreeSet<&str> = all
+            .iter()
+            .filter(|(_, o)| o.outcome != OutcomeKind::Verified)
+            .map(|(h, _)| h.as_str())
+            .collect();
+        waiting = count_waiting(&hosts, Some(target), &holding, &tried_and_failed);
         let h = etcd.get(keys.halted(&r.digest), None).await?;
         if let Some(kv) = h.kvs().first() {
             halted = Some(decode(kv.key(), kv.value())?);
@@ -405,9 +415,24 @@ pub async fn status(etcd: &Etcd, keys: &Keys, group: &str) -> Result<RolloutStat
         in_progress,
         failed,
         host_faults,
-        waiting: n.saturating_sub(done + in_progress),
+        waiting,
         halted,
     })
+}
+
+/// The live hosts still to go: not on `target`, holding no slot, and not
+/// among those that tried it and failed (counted as `failed`/`host_faults`).
+fn count_waiting(
+    hosts: &[HostRecord],
+    target: Option<&str>,
+    holding: &BTreeSet<&str>,
+    failed: &BTreeSet<&str>,
+) -> u32 {
+    hosts
+        .iter()
+        .filter(|h| target.is_none() || h.digest.as_deref() != target)
+        .filter(|h| !holding.contains(h.id.as_str()) && !failed.contains(h.id.as_str()))
+        .count() as u32
 }
 
 /// One line of `gpu-fleet hosts`.
@@ -483,5 +508,24 @@ mod tests {
         assert_eq!(majority_digest(&hosts, "new").as_deref(), Some("old"));
         assert_eq!(majority_digest(&hosts[..2], "new"), None);
         assert_eq!(majority_digest(&hosts, "other").as_deref(), Some("new"));
+    }
+
+    #[test]
+    fn a_host_that_failed_or_holds_a_slot_is_not_waiting() {
+        let host = |id: &str, digest: &str| HostRecord {
+            id: id.into(),
+            ..on(Some(digest))
+        };
+        let hosts = [
+            host("done", "new"),
+            host("failed", "old"),
+            host("moving", "old"),
+            host("queued", "old"),
+        ];
+        let holding = BTreeSet::from(["moving"]);
+        let failed = BTreeSet::from(["failed"]);
+        assert_eq!(count_waiting(&hosts, Some("new"), &holding, &failed), 1);
+        // Before a rollout every host not moving waits for one.
+        assert_eq!(count_waiting(&hosts, None, &holding, &BTreeSet::new()), 3);
     }
 }
