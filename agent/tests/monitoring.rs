@@ -442,3 +442,57 @@ async fn a_real_prometheus_scrapes_a_real_agent_and_evaluates_every_rule() {
     drop(prom);
     drop(agent);
 }
+
+/// `gpu_agent_worker_healthy{worker}` as the agent's /metrics says now.
+async fn worker_healthy(port: u16, worker: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let series = format!("gpu_agent_worker_healthy{{worker=\"{worker}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_healthy_gauge_follows_the_worker_between_updates() {
+    let s = Setup::new("mon-health");
+    let v1 = s.push("v1", "stable");
+    let port = free_port();
+    let cfg = s.config("tag = \"stable\"", &s.env(""), "").replace(
+        "[agent]\n",
+        &format!("[agent]\nmetrics_listen = \"127.0.0.1:{port}\"\n"),
+    );
+    let agent = s.start_agent(&cfg);
+    s.assert_converged(&v1, "v1", &agent).await;
+    let reads = |want: f64| {
+        let name = s.name.clone();
+        async move {
+            wait_for(WAIT, || async {
+                (worker_healthy(port, &name).await == Some(want)).then_some(())
+            })
+            .await
+            .is_some()
+        }
+    };
+    assert!(
+        reads(1.0).await,
+        "healthy after the deploy:\n{}",
+        agent.log()
+    );
+    // A worker that stops answering between updates (paused: it still runs)
+    // reads 0 at the next poll, and 1 again once it answers.
+    docker(&["pause", &s.name]);
+    let paused = reads(0.0).await;
+    docker(&["unpause", &s.name]);
+    assert!(
+        paused,
+        "the paused worker never read unhealthy:\n{}",
+        agent.log()
+    );
+    assert!(reads(1.0).await, "healthy again:\n{}", agent.log());
+    s.assert_converged(&v1, "v1", &agent).await;
+}

@@ -126,12 +126,14 @@ impl<E: Engine> Updater<E> {
             debug!(source, digest = %target, "up to date");
             self.leave_queue().await;
             self.last_error = self.state.gpu_hold.clone();
+            self.read_worker_health().await;
             self.settle()?;
             return Ok(CheckOutcome::UpToDate);
         }
         if self.state.is_bad(&target) {
             debug!(source, digest = %target, "target is marked bad; not trying it again");
             self.leave_queue().await;
+            self.read_worker_health().await;
             self.settle()?;
             return Ok(CheckOutcome::SkippedBad(target));
         }

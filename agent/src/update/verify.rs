@@ -12,7 +12,7 @@ use super::failpoint;
 use super::gpu_gate::xid_failure;
 use super::outcome::{Blame, Failure};
 use super::ports::Hub;
-use super::Updater;
+use super::{Event, Updater};
 use crate::config::HealthSettings;
 use crate::docker::{Container, Engine, HealthState};
 use crate::gpu::{Xid, XidClass};
@@ -292,6 +292,19 @@ impl<E: Engine> Updater<E> {
             Blame::Image
         };
         Failure::new(error, blame)
+    }
+
+    /// A check that found nothing to do reads the worker's health once, so
+    /// `gpu_agent_worker_healthy` follows a worker that stops answering (or
+    /// stops) between updates, not only at a verification.
+    pub(super) async fn read_worker_health(&self) {
+        let healthy = match self.primary_running().await {
+            Ok(Some(c)) => matches!(self.healthy(&c, &mut String::new()).await, Ok(true)),
+            Ok(None) => false,
+            // The engine did not answer: no reading, the last one stands.
+            Err(_) => return,
+        };
+        self.emit(Event::WorkerHealth(healthy));
     }
 
     /// Whether the worker is healthy now: its `health.http` answers 2xx, else
