@@ -553,6 +553,8 @@ mod tests {
             .unwrap_err();
         let text = crate::error_chain(&err);
         assert!(text.contains("image.insecure = true"), "{text}");
+        // The repository stays a name: check-config refuses a URL there.
+        assert!(text.contains("host:port/path"), "{text}");
     }
 
     #[test]

@@ -126,7 +126,9 @@ fn plain_http_hint(source: &reqwest::Error) -> &'static str {
         let text = err.to_string();
         if text.contains("InvalidContentType") || text.contains("corrupt message") {
             return " (the registry answered the TLS handshake in plain http: if it has no TLS, \
-                    use an http:// repository with image.insecure = true, on a network you trust)";
+                    set image.insecure = true and keep the repository as host:port/path, on a \
+                    network you trust; Docker also needs the registry in its insecure-registries \
+                    unless it is on loopback)";
         }
         e = err.source();
     }
