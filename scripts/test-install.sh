@@ -14,7 +14,8 @@
 #      unit active, its status text the agent's own STATUS=
 #   3. the agent deployed the worker on the engine outside (labels, digest, health)
 #   4. agentctl status answers on the default socket /run/gpu-agent/agent.sock
-#   5. systemctl reload (ExecReload: SIGHUP) reloads the config in place
+#   5. systemctl reload (ExecReload: check-config, then SIGHUP) reloads the config
+#      in place; a config that does not load fails the reload, the agent runs on
 #   6. dpkg -i of V2 restarts the agent (a new main pid, active again)
 #   7. ... and leaves the worker container alone (same id, same StartedAt)
 #   8. systemd-analyze verify prints nothing
@@ -363,6 +364,21 @@ else
     detail "$out"
     in_ct journalctl -u gpu-agent.service -n 10 --no-pager || true
 fi
+# A config that does not load: the reload fails (ExecReload runs check-config
+# first) and the agent runs on, untouched.
+in_ct sh -c 'printf "[image]\npoll_interval = \"soon\"\n" >/etc/gpu-agent/agent.d/zz-broken.toml'
+if out="$(in_ct timeout 30 systemctl reload gpu-agent.service 2>&1)"; then
+    fail "systemctl reload of a broken config exited 0"
+elif [ "$(in_ct systemctl show -p MainPID --value gpu-agent.service)" = "$pid0" ] &&
+    in_ct systemctl is-active --quiet gpu-agent.service &&
+    in_ct journalctl -u gpu-agent.service -o cat --no-pager | grep -q 'zz-broken.toml'; then
+    pass "systemctl reload of a broken config fails, check-config's error in the journal naming the file; same main pid $pid0, active"
+else
+    fail "systemctl reload of a broken config: the agent did not run on, or the journal does not name the file"
+    detail "$out"
+    in_ct journalctl -u gpu-agent.service -n 10 --no-pager || true
+fi
+in_ct rm -f /etc/gpu-agent/agent.d/zz-broken.toml
 
 # --- 6, 7. upgrade ---------------------------------------------------------------
 
