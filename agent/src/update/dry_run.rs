@@ -24,7 +24,7 @@ use time::OffsetDateTime;
 use super::gpu_gate::{blocking, limits};
 use super::machine::{allows, Action};
 use super::Updater;
-use crate::docker::Engine;
+use crate::docker::{Engine, SpecHash};
 use crate::fleet::{FleetView, RolloutState};
 use crate::gpu::{self, Snapshot};
 use crate::registry::{ImageName, Policy};
@@ -198,7 +198,21 @@ impl<E: Engine> Updater<E> {
             .map(|g| g.gate.as_str())
             .collect();
         let digest = target.digest.as_deref().unwrap_or("-");
-        let (verdict, summary) = if !refusing.is_empty() {
+        let spec = self.dry_spec().await;
+        // An operator's check rolls the config's settings out first, before
+        // any digest (held ones too: polls leave those, `agentctl check`
+        // tries them again).
+        let settings_first = spec.verdict == "differs";
+        let (verdict, summary) = if settings_first && matches!(of, DryRunOf::Check) {
+            (
+                Outlook::WouldUpdate,
+                format!(
+                    "would roll out the config's worker settings ({}) on {}, then look for a new digest",
+                    spec.differences.join(", "),
+                    current.as_deref().unwrap_or("nothing")
+                ),
+            )
+        } else if !refusing.is_empty() {
             let why: Vec<String> = refusing
                 .iter()
                 .map(|g| format!("{}: {}", g.gate, g.reason))
@@ -253,7 +267,7 @@ impl<E: Engine> Updater<E> {
             target,
             gates,
             pull,
-            spec: self.dry_spec(),
+            spec,
         }
     }
 
@@ -769,13 +783,67 @@ impl<E: Engine> Updater<E> {
         }
     }
 
-    /// The running container's spec against the config: not recorded, so not known.
-    fn dry_spec(&self) -> SpecDiff {
-        SpecDiff {
-            verdict: "unknown".into(),
-            differences: Vec::new(),
-            detail: "the config the running container was created from is not recorded; the new container is created from the config as it is now".into(),
+    /// The running container's settings (its `gpu-agent.spec` labels, or
+    /// those it was adopted with) against the config's, as a check's first
+    /// step compares them (`spec_change.rs`), without adopting anything.
+    async fn dry_spec(&self) -> SpecDiff {
+        let diff = |verdict: &str, differences: Vec<String>, detail: String| SpecDiff {
+            verdict: verdict.into(),
+            differences,
+            detail,
+        };
+        let worker = match self.bounded("the engine", self.primary_running()).await {
+            Ok(Ok(Some(c))) => c,
+            Ok(Ok(None)) => {
+                return diff(
+                    "unknown",
+                    Vec::new(),
+                    "no worker runs: the next one is created from the config as it is now".into(),
+                )
+            }
+            Ok(Err(e)) => {
+                return diff(
+                    "unknown",
+                    Vec::new(),
+                    format!("the engine could not be asked: {}", crate::error_chain(&e)),
+                )
+            }
+            Err(why) => return diff("unknown", Vec::new(), why),
+        };
+        let want = SpecHash::of(&self.worker);
+        let adopted = self
+            .state
+            .adopted_spec
+            .as_ref()
+            .filter(|a| a.container == worker.id)
+            .map(|a| a.spec.clone());
+        let Some(running) = worker.spec.clone().or(adopted) else {
+            return diff(
+                "same",
+                Vec::new(),
+                "the worker was made by an earlier version (no gpu-agent.spec label): it is adopted as it is, taken to have the config's settings".into(),
+            );
+        };
+        let changed = running.changes(&want);
+        if changed.is_empty() {
+            return diff(
+                "same",
+                Vec::new(),
+                "the worker runs with the config's worker settings".into(),
+            );
         }
+        let held = self
+            .state
+            .config_held
+            .as_ref()
+            .is_some_and(|h| h.spec == want.hash);
+        let detail = if held {
+            "these settings failed verification and are held: polls leave them; agentctl check tries them again".to_string()
+        } else {
+            "a check rolls these settings out first, on the digest that runs (trigger config)"
+                .to_string()
+        };
+        diff("differs", changed, detail)
     }
 }
 

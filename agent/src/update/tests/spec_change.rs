@@ -385,3 +385,39 @@ async fn an_interrupted_change_of_settings_tells_the_containers_apart_by_their_l
     assert!(!s.is_bad(V1));
     assert_eq!(h.last().outcome, Outcome::RolledBack);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_dry_run_names_the_settings_a_check_would_roll_out_and_changes_nothing() {
+    use crate::update::dry_run::{DryRunOf, Outlook};
+    let (mut h, old) = serving_a();
+    let r = h.up.dry_run(&DryRunOf::Check).await;
+    assert_eq!(
+        (r.spec.verdict.as_str(), r.verdict),
+        ("same", Outlook::UpToDate),
+        "{r:#?}"
+    );
+
+    reload(&mut h, MODEL_B);
+    let before = everything_written(&h);
+    h.fake.clear_calls();
+    let r = h.up.dry_run(&DryRunOf::Check).await;
+    assert_eq!(r.spec.verdict, "differs", "{r:#?}");
+    assert_eq!(r.spec.differences, ["worker.env.MODEL"]);
+    assert_eq!(r.verdict, Outlook::WouldUpdate, "{r:#?}");
+    assert!(r.summary.contains("worker.env.MODEL"), "{}", r.summary);
+    assert!(!format!("{r:?}").contains("MODEL=b"), "no value: {r:?}");
+    assert_eq!(everything_written(&h), before, "the dry run wrote nothing");
+    h.never(&["create".into(), "stop".into()]);
+    h.untouched(&old);
+
+    // Settings that failed and are held: named as held; an operator's check
+    // (what the dry run is of) tries them again.
+    reload(&mut h, MODEL_BAD);
+    h.up.apply_config().await.unwrap();
+    let r = h.up.dry_run(&DryRunOf::Check).await;
+    assert_eq!(r.spec.verdict, "differs", "{r:#?}");
+    assert!(r.spec.detail.contains("held"), "{}", r.spec.detail);
+    assert_eq!(r.verdict, Outlook::WouldUpdate, "{r:#?}");
+    let out = h.up.check(Trigger::Cli).await.unwrap();
+    assert!(matches!(out, CheckOutcome::RolledBack { .. }), "{out:?}");
+}
