@@ -33,6 +33,7 @@
 //! | `gpu_agent_hub_configured` | gauge | 1 when the config has a `[hub]` |
 //! | `gpu_agent_hub_stream_up` | gauge | 1 while the hub's event stream is open |
 //! | `gpu_agent_fleet_slot_held` | gauge | 1 while this host holds one of its fleet group's update slots |
+//! | `gpu_agent_fleet_etcd_reachable` | gauge | `group`: 1 while the fleet group's etcd answers this host, 0 while it does not (no update starts); absent without `[fleet]` |
 //! | `gpu_agent_fleet_rollout_state` | gauge | `state` (`rolling`, `paused`, `halted`, `complete`, `aborted`): 1 for the group's rollout state, all 0 without a rollout or a fleet |
 //! | `gpu_agent_gpu_count` | gauge | GPUs NVML shows (last reading) |
 //! | `gpu_agent_gpu_last_reading_timestamp_seconds` | gauge | Unix time of the last GPU reading, read or not (0: none yet, e.g. `gpu.check = false`) |
@@ -120,6 +121,7 @@ pub struct Metrics {
     hub_stream_up: Gauge,
     worker_healthy: Family<Labels, Gauge>,
     fleet_slot_held: Gauge,
+    fleet_etcd: Family<Labels, Gauge>,
     fleet_rollout: Family<Labels, Gauge>,
     duration: Family<Labels, Histogram, fn() -> Histogram>,
     downtime: Histogram,
@@ -177,6 +179,7 @@ impl Metrics {
             hub_stream_up: Gauge::default(),
             worker_healthy: Family::default(),
             fleet_slot_held: Gauge::default(),
+            fleet_etcd: Family::default(),
             fleet_rollout: Family::default(),
             updates: Family::default(),
             duration: Family::new_with_constructor(duration_histogram),
@@ -278,6 +281,11 @@ impl Metrics {
             "fleet_slot_held",
             "1 while this host holds one of its fleet group's update slots",
             m.fleet_slot_held.clone(),
+        );
+        registry.register(
+            "fleet_etcd_reachable",
+            "1 while the fleet group's etcd answers this host; 0: no update starts (absent without [fleet])",
+            m.fleet_etcd.clone(),
         );
         registry.register(
             "fleet_rollout_state",
@@ -510,6 +518,15 @@ impl Metrics {
     /// Whether this host holds a fleet update slot.
     pub fn set_fleet_slot_held(&self, held: bool) {
         self.fleet_slot_held.set(i64::from(held));
+    }
+
+    /// Whether the fleet group's etcd answered this host's last request.
+    pub fn set_fleet_etcd_reachable(&self, group: &str, reachable: bool) {
+        let l = vec![("group", group.to_string())];
+        if self.fleet_etcd.get(&l).is_none() {
+            self.fleet_etcd.clear();
+        }
+        self.fleet_etcd.get_or_create(&l).set(i64::from(reachable));
     }
 
     /// The fleet group's rollout state (one of [`ROLLOUT_STATES`]), or

@@ -66,6 +66,20 @@ async fn first_to_drain(hosts: &[Host], since: u64) -> usize {
     })
 }
 
+/// `gpu_agent_fleet_etcd_reachable{group}` from the agent's /metrics.
+async fn etcd_reachable(port: u16) -> Option<f64> {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let series = format!("gpu_agent_fleet_etcd_reachable{{group=\"{GROUP}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// `rollout start D` with one slot and no canary, as every rollout here.
 fn start(d: &str) -> Vec<&str> {
     vec![
@@ -119,6 +133,7 @@ async fn faults_under_a_rollout_member_lost_agent_killed_holding_a_slot_partitio
         s.repo = setups[0].repo.clone();
         setups.push(s);
     }
+    let metrics: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let configs: Vec<String> = setups
         .iter()
         .enumerate()
@@ -142,6 +157,10 @@ async fn faults_under_a_rollout_member_lost_agent_killed_holding_a_slot_partitio
             // a host holds its slot long enough to be caught holding it.
             .replace("poll_interval = \"1s\"", "poll_interval = \"3s\"")
             .replace("stable_for = \"1s\"", "stable_for = \"3s\"")
+            .replace(
+                "[agent]\n",
+                &format!("[agent]\nmetrics_listen = \"127.0.0.1:{}\"\n", metrics[i]),
+            )
         })
         .collect();
     let mut hosts: Vec<Host> = setups
@@ -303,6 +322,18 @@ async fn faults_under_a_rollout_member_lost_agent_killed_holding_a_slot_partitio
                 .is_some_and(|w| w.contains("etcd not reachable"))
     })
     .await;
+    // The metric says so too.
+    for i in &others {
+        let zero = wait_for(WAIT, || async {
+            (etcd_reachable(metrics[*i]).await == Some(0.0)).then_some(())
+        })
+        .await;
+        assert!(
+            zero.is_some(),
+            "{}: gpu_agent_fleet_etcd_reachable never 0",
+            hosts[*i].id()
+        );
+    }
     tokio::time::sleep(Duration::from_secs(5)).await;
     for (h, id) in others_ref.iter().zip(&kept) {
         assert!(
@@ -328,6 +359,16 @@ async fn faults_under_a_rollout_member_lost_agent_killed_holding_a_slot_partitio
     let flat: Vec<(u64, u64)> = all_windows(&hosts, since).into_values().flatten().collect();
     assert_eq!(flat.len(), 3, "every host drained once: {flat:?}");
     assert_eq!(most_at_once(&flat), 1, "one slot: {flat:?}");
+    for m in &metrics {
+        let one = wait_for(WAIT, || async {
+            (etcd_reachable(*m).await == Some(1.0)).then_some(())
+        })
+        .await;
+        assert!(
+            one.is_some(),
+            "gpu_agent_fleet_etcd_reachable never 1 again on :{m}"
+        );
+    }
     let out = line(&etcd, hosts[holder].id()).await;
     assert_eq!(out["digest"], v4, "{out}");
 }

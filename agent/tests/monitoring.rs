@@ -207,6 +207,7 @@ fn agent_text() -> String {
     });
     gpu_agent::metrics::registry_request(Some(200));
     m.set_worker_healthy("gpu-worker", true);
+    m.set_fleet_etcd_reachable("h100", true);
     m.render(&Default::default())
 }
 

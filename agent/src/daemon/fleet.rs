@@ -92,6 +92,7 @@ pub async fn report(
         fleet.report_host(report).await;
         let fv = fleet.view();
         metrics.set_fleet_slot_held(fv.slot.is_some());
+        metrics.set_fleet_etcd_reachable(&fv.group, fv.etcd_reachable);
         metrics.set_fleet_rollout_state(fv.rollout_state.map(|s| s.as_str()));
         tokio::select! {
             _ = stop.cancelled() => return,
