@@ -68,16 +68,11 @@ async fn first_to_drain(hosts: &[Host], since: u64) -> usize {
 
 /// `gpu_agent_fleet_etcd_reachable{group}` from the agent's /metrics.
 async fn etcd_reachable(port: u16) -> Option<f64> {
-    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    let series = format!("gpu_agent_fleet_etcd_reachable{{group=\"{GROUP}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&series))
-        .and_then(|v| v.trim().parse().ok())
+    metric(
+        port,
+        &format!("gpu_agent_fleet_etcd_reachable{{group=\"{GROUP}\"}}"),
+    )
+    .await
 }
 
 /// `rollout start D` with one slot and no canary, as every rollout here.

@@ -444,20 +444,6 @@ async fn a_real_prometheus_scrapes_a_real_agent_and_evaluates_every_rule() {
     drop(agent);
 }
 
-/// `gpu_agent_worker_healthy{worker}` as the agent's /metrics says now.
-async fn worker_healthy(port: u16, worker: &str) -> Option<f64> {
-    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    let series = format!("gpu_agent_worker_healthy{{worker=\"{worker}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&series))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_healthy_gauge_follows_the_worker_between_updates() {
     let s = Setup::new("mon-health");
@@ -473,7 +459,13 @@ async fn the_worker_healthy_gauge_follows_the_worker_between_updates() {
         let name = s.name.clone();
         async move {
             wait_for(WAIT, || async {
-                (worker_healthy(port, &name).await == Some(want)).then_some(())
+                (metric(
+                    port,
+                    &format!("gpu_agent_worker_healthy{{worker=\"{name}\"}}"),
+                )
+                .await
+                    == Some(want))
+                .then_some(())
             })
             .await
             .is_some()

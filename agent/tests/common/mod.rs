@@ -828,6 +828,22 @@ impl Setup {
 
 // ---- shared by the fault suites ----
 
+/// The value of one series (`name{labels}`, as the text shows it) in the
+/// agent's /metrics on `port`; `None` when it is not there or the agent does
+/// not answer.
+pub async fn metric(port: u16, series: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let prefix = format!("{series} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// `agentctl status --json`, once the agent answers (it may be starting).
 pub async fn status(s: &Setup) -> Value {
     let deadline = Instant::now() + WAIT;
