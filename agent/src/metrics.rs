@@ -24,7 +24,7 @@
 //! | `gpu_agent_worker_digest_info` | gauge | `digest`, `last_good`: 1 |
 //! | `gpu_agent_worker_drained` | gauge | 1 while drained for maintenance |
 //! | `gpu_agent_worker_pinned` | gauge | 1 while pinned |
-//! | `gpu_agent_worker_healthy` | gauge | `worker`: 1 when the worker runs and its health check passes; read at each verification and at every check that finds nothing to do (absent before the first reading) |
+//! | `gpu_agent_worker_healthy` | gauge | `worker`: 1 when the worker runs (not restarting) and its health check passes; read at each verification and after every check that leaves the agent at rest, not drained (absent before the first reading) |
 //! | `gpu_agent_registry_last_check_timestamp_seconds` | gauge | Unix time of the last check (0 before the first) |
 //! | `gpu_agent_registry_requests_total` | counter | `status` (HTTP status, or `error` without an answer) |
 //! | `gpu_agent_check_total` | counter | `result` (`ok`, `failed`): checks for a new digest, at 0 from the start |

@@ -148,10 +148,11 @@ async fn faults_under_a_rollout_member_lost_agent_killed_holding_a_slot_partitio
                 ),
             )
             // Fleet changes wake the agents through etcd's watches; the poll
-            // is the backstop. A new worker is verified after 3 s healthy, so
-            // a host holds its slot long enough to be caught holding it.
+            // is the backstop. A new worker is verified after 4 s healthy, so
+            // a host holds its slot long enough to be caught holding it (and
+            // for all of etcd to be killed before it is done).
             .replace("poll_interval = \"1s\"", "poll_interval = \"3s\"")
-            .replace("stable_for = \"1s\"", "stable_for = \"3s\"")
+            .replace("stable_for = \"1s\"", "stable_for = \"4s\"")
             .replace(
                 "[agent]\n",
                 &format!("[agent]\nmetrics_listen = \"127.0.0.1:{}\"\n", metrics[i]),
@@ -175,6 +176,11 @@ async fn faults_under_a_rollout_member_lost_agent_killed_holding_a_slot_partitio
     fleet_ok(&etcd, GROUP, &start(v2.as_str())).await;
     first_to_drain(&hosts, since).await;
     etcd.kill(0);
+    // (Two members keep the quorum: gpu-fleet still answers.)
+    assert!(
+        !holders(&etcd).await.is_empty(),
+        "a host held the slot when the member died"
+    );
     rollout_completes(&etcd).await;
     for h in &hosts {
         h.s.assert_converged(&v2, "v2", &h.agent).await;
@@ -257,6 +263,10 @@ async fn faults_under_a_rollout_member_lost_agent_killed_holding_a_slot_partitio
         .assert_converged(&v3, "v3", &hosts[1].agent)
         .await;
     tokio::time::sleep(Duration::from_secs(8)).await;
+    // The slot is free: nobody holds it, nothing is in progress.
+    assert_eq!(holders(&etcd).await, Vec::<String>::new());
+    let st = fleet_json(&etcd, GROUP, &["rollout", "status"]).await;
+    assert_eq!(st["in_progress"], 0, "{st}");
     assert!(
         hosts[2].drains_since(cut_at).is_empty(),
         "the cut-off host drained without a slot:\n{}",

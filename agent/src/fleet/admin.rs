@@ -366,6 +366,10 @@ pub struct RolloutStatus {
     /// Hosts that rolled back from the digest (host faults apart).
     pub failed: u32,
     pub host_faults: u32,
+    /// Live hosts still to go: not on the digest, holding no slot, and not
+    /// among those that tried it and failed (a host fault or a rollback:
+    /// counted above), so done + in progress + waiting may be fewer than
+    /// the live hosts.
     pub waiting: u32,
     pub halted: Option<HaltRecord>,
 }

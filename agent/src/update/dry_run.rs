@@ -201,13 +201,13 @@ impl<E: Engine> Updater<E> {
         let spec = self.dry_spec().await;
         // An operator's check rolls the config's settings out first, before
         // any digest (held ones too: polls leave those, `agentctl check`
-        // tries them again).
-        let settings_first = spec.verdict == "differs";
+        // tries them again), unless the worker is drained (a check is refused).
+        let settings_first = spec.verdict == "differs" && !self.state.drained;
         let (verdict, summary) = if settings_first && matches!(of, DryRunOf::Check) {
             (
                 Outlook::WouldUpdate,
                 format!(
-                    "would roll out the config's worker settings ({}) on {}, then look for a new digest",
+                    "would roll out the config's worker settings ({}) on {} through the update's own steps (GPU pre-flight, fleet slot, drain, verify), then look for a new digest",
                     spec.differences.join(", "),
                     current.as_deref().unwrap_or("nothing")
                 ),
@@ -792,13 +792,13 @@ impl<E: Engine> Updater<E> {
             differences,
             detail,
         };
-        let worker = match self.bounded("the engine", self.primary_running()).await {
+        let worker = match self.bounded("the engine", self.settled_worker()).await {
             Ok(Ok(Some(c))) => c,
             Ok(Ok(None)) => {
                 return diff(
                     "unknown",
                     Vec::new(),
-                    "no worker runs: the next one is created from the config as it is now".into(),
+                    "no settled worker runs the current digest: the next one is created from the config as it is now".into(),
                 )
             }
             Ok(Err(e)) => {
@@ -811,13 +811,7 @@ impl<E: Engine> Updater<E> {
             Err(why) => return diff("unknown", Vec::new(), why),
         };
         let want = SpecHash::of(&self.worker);
-        let adopted = self
-            .state
-            .adopted_spec
-            .as_ref()
-            .filter(|a| a.container == worker.id)
-            .map(|a| a.spec.clone());
-        let Some(running) = worker.spec.clone().or(adopted) else {
+        let Some(running) = self.recorded_spec(&worker) else {
             return diff(
                 "same",
                 Vec::new(),
@@ -832,12 +826,7 @@ impl<E: Engine> Updater<E> {
                 "the worker runs with the config's worker settings".into(),
             );
         }
-        let held = self
-            .state
-            .config_held
-            .as_ref()
-            .is_some_and(|h| h.spec == want.hash);
-        let detail = if held {
+        let detail = if self.settings_held(&want) {
             "these settings failed verification and are held: polls leave them; agentctl check tries them again".to_string()
         } else {
             "a check rolls these settings out first, on the digest that runs (trigger config)"

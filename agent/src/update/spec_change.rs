@@ -52,19 +52,13 @@ impl<E: Engine> Updater<E> {
         &mut self,
         trigger: Trigger,
     ) -> Result<Option<CheckOutcome>, UpdateError> {
-        if !self.converged || self.state.pending.is_some() {
+        if !self.converged {
             return Ok(None);
         }
-        let Some(current) = self.state.current_digest.clone() else {
+        let Some(worker) = self.settled_worker().await? else {
             return Ok(None);
         };
-        let Some(worker) = self
-            .primary_running()
-            .await?
-            .filter(|c| c.digest.as_deref() == Some(current.as_str()))
-        else {
-            return Ok(None);
-        };
+        let current = self.state.current_digest.clone().unwrap_or_default();
         let want = SpecHash::of(&self.worker);
         let running = self.running_spec(&worker, &want);
         let changed = running.changes(&want);
@@ -77,7 +71,7 @@ impl<E: Engine> Updater<E> {
             return Ok(None);
         }
         if let Some(h) = self.state.config_held.clone() {
-            if h.spec == want.hash && trigger != Trigger::Cli {
+            if self.settings_held(&want) && trigger != Trigger::Cli {
                 debug!(changed = ?h.changed, "the config's worker settings are held");
                 return Ok(Some(CheckOutcome::Held(CONFIG_HELD)));
             }
@@ -100,19 +94,46 @@ impl<E: Engine> Updater<E> {
             .map(Some)
     }
 
-    /// The settings the running `worker` was made of: its labels, else those
-    /// it was taken to have when it was adopted, else (adopted now) `want`.
-    fn running_spec(&mut self, worker: &Container, want: &SpecHash) -> SpecHash {
-        if let Some(s) = &worker.spec {
-            return s.clone();
-        }
-        if let Some(a) = self
-            .state
-            .adopted_spec
+    /// The settings `worker` was made of as far as they are known, without
+    /// adopting it: its labels, else those it was taken to have when adopted.
+    pub(super) fn recorded_spec(&self, worker: &Container) -> Option<SpecHash> {
+        worker.spec.clone().or_else(|| {
+            self.state
+                .adopted_spec
+                .as_ref()
+                .filter(|a| a.container == worker.id)
+                .map(|a| a.spec.clone())
+        })
+    }
+
+    /// Whether the config's settings `want` are the ones held (they failed).
+    pub(super) fn settings_held(&self, want: &SpecHash) -> bool {
+        self.state
+            .config_held
             .as_ref()
-            .filter(|a| a.container == worker.id)
-        {
-            return a.spec.clone();
+            .is_some_and(|h| h.spec == want.hash)
+    }
+
+    /// The worker that a settings rollout would replace: the primary, running
+    /// the current digest, with nothing pending.
+    pub(super) async fn settled_worker(&self) -> Result<Option<Container>, UpdateError> {
+        if self.state.pending.is_some() {
+            return Ok(None);
+        }
+        let Some(current) = self.state.current_digest.as_deref() else {
+            return Ok(None);
+        };
+        Ok(self
+            .primary_running()
+            .await?
+            .filter(|c| c.digest.as_deref() == Some(current)))
+    }
+
+    /// The settings the running `worker` was made of: [`Self::recorded_spec`],
+    /// else (adopted now) `want`.
+    fn running_spec(&mut self, worker: &Container, want: &SpecHash) -> SpecHash {
+        if let Some(s) = self.recorded_spec(worker) {
+            return s;
         }
         info!(container = %worker.id,
               "the worker was made by an earlier version (no gpu-agent.spec label): adopted as it is; a later change of its settings is rolled out");

@@ -53,8 +53,16 @@ impl<E: Engine> Updater<E> {
         Ok(held)
     }
 
-    /// Resolves the configured tag or range and updates if the digest is new.
+    /// Resolves the configured tag or range and updates if the digest is new;
+    /// then, at rest, reads the worker's health once (whatever the outcome:
+    /// up to date, held, waiting for the fleet, a registry error).
     pub async fn check(&mut self, trigger: Trigger) -> Result<CheckOutcome, UpdateError> {
+        let out = self.check_turn(trigger).await;
+        self.read_worker_health().await;
+        out
+    }
+
+    async fn check_turn(&mut self, trigger: Trigger) -> Result<CheckOutcome, UpdateError> {
         if let Some(held) = self.before_check(trigger).await? {
             return Ok(held);
         }
@@ -126,14 +134,12 @@ impl<E: Engine> Updater<E> {
             debug!(source, digest = %target, "up to date");
             self.leave_queue().await;
             self.last_error = self.state.gpu_hold.clone();
-            self.read_worker_health().await;
             self.settle()?;
             return Ok(CheckOutcome::UpToDate);
         }
         if self.state.is_bad(&target) {
             debug!(source, digest = %target, "target is marked bad; not trying it again");
             self.leave_queue().await;
-            self.read_worker_health().await;
             self.settle()?;
             return Ok(CheckOutcome::SkippedBad(target));
         }

@@ -11,6 +11,7 @@ use tracing::{info, warn};
 use super::failpoint;
 use super::gpu_gate::xid_failure;
 use super::outcome::{Blame, Failure};
+use super::phase::Phase;
 use super::ports::Hub;
 use super::{Event, Updater};
 use crate::config::HealthSettings;
@@ -110,6 +111,10 @@ impl<'a> Watch<'a> {
         }
     }
 }
+
+/// How long the health read after a check may take (an engine inspect and
+/// one probe of the worker).
+const HEALTH_READ_LIMIT: Duration = Duration::from_secs(10);
 
 impl<E: Engine> Updater<E> {
     /// The hub, when it must see a new worker registered (`hub.verify_registration`).
@@ -294,17 +299,30 @@ impl<E: Engine> Updater<E> {
         Failure::new(error, blame)
     }
 
-    /// A check that found nothing to do reads the worker's health once, so
-    /// `gpu_agent_worker_healthy` follows a worker that stops answering (or
-    /// stops) between updates, not only at a verification.
+    /// After a check, at rest and not drained: the worker's health, read
+    /// once, so `gpu_agent_worker_healthy` follows a worker that stops
+    /// answering (or crash-loops, or stops) between updates, not only at a
+    /// verification. Bounded: an engine or worker that hangs leaves the last
+    /// reading as it was.
     pub(super) async fn read_worker_health(&self) {
-        let healthy = match self.primary_running().await {
-            Ok(Some(c)) => matches!(self.healthy(&c, &mut String::new()).await, Ok(true)),
-            Ok(None) => false,
-            // The engine did not answer: no reading, the last one stands.
-            Err(_) => return,
+        if self.machine.phase() != Phase::Idle || self.state.drained || self.state.pending.is_some()
+        {
+            return;
+        }
+        let read = async {
+            match self.primary_running().await {
+                Ok(Some(c)) if !c.restarting => Some(matches!(
+                    self.healthy(&c, &mut String::new()).await,
+                    Ok(true)
+                )),
+                Ok(_) => Some(false),
+                // The engine did not answer: no reading.
+                Err(_) => None,
+            }
         };
-        self.emit(Event::WorkerHealth(healthy));
+        if let Ok(Some(healthy)) = tokio::time::timeout(HEALTH_READ_LIMIT, read).await {
+            self.emit(Event::WorkerHealth(healthy));
+        }
     }
 
     /// Whether the worker is healthy now: its `health.http` answers 2xx, else

@@ -420,4 +420,10 @@ async fn a_dry_run_names_the_settings_a_check_would_roll_out_and_changes_nothing
     assert_eq!(r.verdict, Outlook::WouldUpdate, "{r:#?}");
     let out = h.up.check(Trigger::Cli).await.unwrap();
     assert!(matches!(out, CheckOutcome::RolledBack { .. }), "{out:?}");
+
+    // Drained, a check is refused: the settings are named, nothing would run.
+    h.up.state.drained = true;
+    let r = h.up.dry_run(&DryRunOf::Check).await;
+    assert_eq!(r.spec.verdict, "differs", "{r:#?}");
+    assert_eq!(r.verdict, Outlook::WouldRefuse, "{r:#?}");
 }
