@@ -182,6 +182,11 @@ pub(super) fn parse_token_answer(body: &[u8], now: OffsetDateTime) -> Result<Tok
         #[serde(default)]
         issued_at: Option<String>,
     }
+    // serde reads a struct from an array too, by position: `["tok", null,
+    // 86400]` would be a token with a lifetime. A token answer is an object.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err("token answer is not a JSON object".into());
+    }
     let answer: Answer =
         serde_json::from_slice(body).map_err(|e| format!("token answer is not valid JSON: {e}"))?;
     let value = answer
@@ -509,6 +514,11 @@ mod tests {
         assert!(parse_token_answer(br#"{"expires_in": 300}"#, now).is_err());
         assert!(parse_token_answer(b"<html>", now).is_err());
         assert!(parse_token_answer(br#"{"token": "a\nb"}"#, now).is_err());
+        // An array is read by position by serde: refused (found by fuzzing).
+        let Err(e) = parse_token_answer(br#" ["abc", null, 33333]"#, now) else {
+            panic!("an array was taken for a token answer");
+        };
+        assert!(e.contains("not a JSON object"), "{e}");
     }
 
     #[test]
