@@ -163,8 +163,10 @@ fn entry_credentials(entry: &AuthEntry) -> Result<Option<Credentials>, &'static 
         let (user, pass) = decoded
             .split_once(':')
             .ok_or("\"auth\" is not base64 of user:password")?;
-        username = Some(user.to_string());
-        password = Some(pass.to_string());
+        // An empty half is no credential (found by fuzzing: ":on" gave an
+        // empty username).
+        username = Some(user.to_string()).filter(|s| !s.is_empty());
+        password = Some(pass.to_string()).filter(|s| !s.is_empty());
     }
     if let Some(token) = non_empty(&entry.identitytoken) {
         return Ok(Some(Credentials::IdentityToken { username, token }));
@@ -434,6 +436,15 @@ mod tests {
             b64("nocolon")
         ));
         assert!(c.inline("a.example").unwrap_err().contains("user:password"));
+        // An empty user or password in "auth" is half a credential.
+        for half in [":pass", "user:"] {
+            let c = config(&format!(
+                r#"{{"auths": {{"a.example": {{"auth": "{}"}}}}}}"#,
+                b64(half)
+            ));
+            let e = c.inline("a.example").unwrap_err();
+            assert!(e.contains("without a"), "{half}: {e}");
+        }
         let c = config(r#"{"auths": {"a.example": {"username": "u"}}}"#);
         assert!(c.inline("a.example").is_err());
         assert!(DockerConfig::parse(b"{\"auths\": []}").is_err());
